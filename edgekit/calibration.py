@@ -1,0 +1,249 @@
+"""Calibration (and validation) data: read, check against the model's inputs, split.
+
+Sources: a .npy (first axis = samples), a .npz (one array per input name, optional labels),
+a folder of .npy files (one sample each) or of images (preprocessed by a calibration/*.toml
+spec), a named dataset spec from calibration/ (`digits`, `fashion-mnist`), or `random`.
+Everything is checked before any conversion starts: shape, dtype, NaN/Inf, emptiness.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from edgekit.errors import CalibrationError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
+LABEL_KEYS = ("y", "labels", "label", "targets")
+
+
+@dataclass
+class CalibrationData:
+    """Samples for every model input, first axis = samples, in the PyTorch model's layout."""
+
+    source: str
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    synthetic: bool = False  # random data: fine for float targets' smoke checks, not for int8 ranges
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def take(self, idx: slice | np.ndarray) -> "CalibrationData":
+        return CalibrationData(self.source, {k: v[idx] for k, v in self.arrays.items()},
+                               None if self.labels is None else self.labels[idx], self.synthetic, list(self.notes))
+
+    def samples(self, batch: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        """One dict per model call, each array with a leading batch axis of `batch`."""
+        n = len(self) - len(self) % batch
+        for i in range(0, n, batch):
+            yield {k: v[i:i + batch] for k, v in self.arrays.items()}
+
+    def summary(self) -> dict:
+        return {"source": self.source, "samples": len(self), "synthetic": self.synthetic,
+                "labels": self.labels is not None}
+
+
+# ---------------------------------------------------------------- specs (calibration/*.toml)
+
+def _spec_dirs() -> list[Path]:
+    repo = Path(__file__).resolve().parent.parent / "calibration"
+    shipped = repo if repo.is_dir() else Path(str(resources.files("edgekit._calibration")))
+    dirs = [shipped]
+    local = Path.cwd() / "calibration"
+    if local.is_dir() and local.resolve() != shipped.resolve():
+        dirs.append(local)
+    return dirs
+
+
+def list_specs() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in _spec_dirs():
+        for p in sorted(d.glob("*.toml")):
+            found[p.stem] = p
+    return found
+
+
+def load_spec(name_or_path: str) -> dict:
+    p = Path(name_or_path)
+    if not (p.suffix == ".toml" and p.is_file()):
+        specs = list_specs()
+        if name_or_path not in specs:
+            raise CalibrationError(f"unknown calibration spec {name_or_path!r}", f"known: {', '.join(specs)} (or a path to a .toml)")
+        p = specs[name_or_path]
+    try:
+        spec = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise CalibrationError(f"cannot read calibration spec {p}: {exc}", "fix the TOML syntax") from None
+    spec["_path"] = str(p)
+    return spec
+
+
+# ---------------------------------------------------------------- readers
+
+def _read_images(folder: Path, files: list[Path], spec: dict) -> np.ndarray:
+    from PIL import Image
+
+    color = spec.get("color", "RGB")
+    resize, crop = spec.get("resize"), spec.get("crop")
+    scale = float(spec.get("scale", 1 / 255))
+    mean = np.asarray(spec.get("mean", [0.0]), np.float32)
+    std = np.asarray(spec.get("std", [1.0]), np.float32)
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(color)
+                if resize:  # shorter side to `resize`, keeping the aspect ratio
+                    w, h = im.size
+                    s = resize / min(w, h)
+                    im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+                if crop:
+                    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+                    w, h = im.size
+                    left, top = (w - cw) // 2, (h - ch) // 2
+                    im = im.crop((left, top, left + cw, top + ch))
+                a = np.asarray(im, np.float32)
+        except Exception as exc:
+            raise CalibrationError(f"cannot read image {f}: {exc}", "remove it from the calibration folder") from None
+        if a.ndim == 2:
+            a = a[..., None]
+        a = (a * scale - mean) / std
+        out.append(a.transpose(2, 0, 1) if spec.get("layout", "NCHW") == "NCHW" else a)
+    return np.stack(out).astype(np.float32)
+
+
+def _read_folder(folder: Path, input_names: Sequence[str], spec_name: str | None) -> CalibrationData:
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    npys = [p for p in files if p.suffix == ".npy"]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if npys:
+        try:
+            arrs = [np.load(p, allow_pickle=False) for p in npys]
+        except Exception as exc:
+            raise CalibrationError(f"cannot read .npy files in {folder}: {exc}", "each file must be one numeric array") from None
+        shapes = {a.shape for a in arrs}
+        if len(shapes) != 1:
+            raise CalibrationError(f"the .npy files in {folder} have different shapes: {sorted(shapes)[:3]}", "every sample must have the same shape")
+        return CalibrationData(str(folder), {input_names[0]: np.stack(arrs)})
+    if images:
+        if spec_name is None:
+            raise CalibrationError(f"{folder} holds images but no preprocessing spec was given",
+                                   f"pass --calib-spec NAME (one of: {', '.join(list_specs())}) or a .toml path")
+        spec = load_spec(spec_name)
+        return CalibrationData(f"{folder} ({Path(spec['_path']).stem})", {input_names[0]: _read_images(folder, images, spec)})
+    raise CalibrationError(f"no .npy files or images in {folder}", "put one .npy per sample, or images with --calib-spec")
+
+
+def _read_npz(path: Path, input_names: Sequence[str]) -> CalibrationData:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise CalibrationError(f"cannot read {path}: {exc}", "give an .npz written by numpy.savez") from None
+    labels = next((data.pop(k) for k in LABEL_KEYS if k in data), None)
+    if set(input_names) <= set(data):
+        arrays = {n: data[n] for n in input_names}
+    elif len(input_names) == 1 and len(data) == 1:
+        arrays = {input_names[0]: next(iter(data.values()))}
+    elif len(input_names) == 1 and "x" in data:
+        arrays = {input_names[0]: data["x"]}
+    else:
+        raise CalibrationError(f"{path} holds arrays {sorted(data)} but the model's inputs are {list(input_names)}",
+                               "name the arrays after the inputs (or use 'x' for a single input)")
+    return CalibrationData(str(path), arrays, labels)
+
+
+def _dataset(name: str, spec: dict, input_names: Sequence[str], split: str) -> CalibrationData:
+    from edgekit import datasets
+
+    ds = datasets.load(spec.get("dataset", name))
+    part = ds.test if split == "test" else ds.train
+    return CalibrationData(f"{name}:{split}", {input_names[0]: part.x}, part.y)
+
+
+def load_calibration(source: str | Path | np.ndarray | CalibrationData, input_names: Sequence[str],
+                     input_shapes: Sequence[Sequence[int]], split: str = "train",
+                     spec_name: str | None = None, seed: int = 0, random_samples: int = 256) -> CalibrationData:
+    """Read a calibration source and check it against the model's inputs."""
+    if isinstance(source, CalibrationData):
+        data = source
+    elif isinstance(source, np.ndarray):
+        data = CalibrationData("array", {input_names[0]: source})
+    elif str(source) == "random":
+        rng = np.random.default_rng(seed)
+        data = CalibrationData("random", {n: rng.standard_normal((random_samples, *s[1:])).astype(np.float32)
+                                          for n, s in zip(input_names, input_shapes)}, synthetic=True)
+    else:
+        p = Path(source)
+        if p.is_dir():
+            data = _read_folder(p, input_names, spec_name)
+        elif p.suffix == ".npy":
+            if not p.is_file():
+                raise CalibrationError(f"calibration file not found: {p}", "check the path")
+            try:
+                arr = np.load(p, allow_pickle=False)
+            except Exception as exc:
+                raise CalibrationError(f"cannot read {p}: {exc}", "give an .npy written by numpy.save") from None
+            if len(input_names) != 1:
+                raise CalibrationError(f"the model has {len(input_names)} inputs but {p} holds one array", "use an .npz with one array per input name")
+            data = CalibrationData(str(p), {input_names[0]: arr})
+        elif p.suffix == ".npz":
+            if not p.is_file():
+                raise CalibrationError(f"calibration file not found: {p}", "check the path")
+            data = _read_npz(p, input_names)
+        elif str(source) in list_specs() and "dataset" in load_spec(str(source)):
+            data = _dataset(str(source), load_spec(str(source)), input_names, split)
+        else:
+            names = [n for n in list_specs() if "dataset" in load_spec(n)]
+            raise CalibrationError(f"calibration source not found: {source}",
+                                   f"give a .npy, an .npz, a folder, or one of: {', '.join(names + ['random'])}")
+    check(data, input_names, input_shapes)
+    return data
+
+
+def check(data: CalibrationData, input_names: Sequence[str], input_shapes: Sequence[Sequence[int]]) -> None:
+    """Reject data that does not fit the model, with a message that says how it differs."""
+    for name, shape in zip(input_names, input_shapes):
+        if name not in data.arrays:
+            raise CalibrationError(f"calibration data from {data.source} has no array for input {name!r}", "provide one array per model input")
+        a = data.arrays[name]
+        if a.size == 0 or len(a) == 0:
+            raise CalibrationError(f"calibration data from {data.source} is empty", "give at least one sample")
+        want = tuple(shape[1:])
+        if tuple(a.shape[1:]) != want:
+            if tuple(a.shape) == want:
+                raise CalibrationError(f"calibration data from {data.source} has shape {a.shape}: it looks like one sample without the samples axis",
+                                       f"stack samples along a first axis: (N, {', '.join(map(str, want))})")
+            raise CalibrationError(f"calibration data from {data.source} has samples of shape {tuple(a.shape[1:])}, the model's input {name!r} takes {want}",
+                                   "give data with shape (N, " + ", ".join(map(str, want)) + ") or fix --input-shape")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise CalibrationError(f"calibration data from {data.source} is {a.dtype}, the model takes float32",
+                                   "preprocess it to the model's float input range (e.g. x / 255.0) first")
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = int(np.argwhere(bad.reshape(len(a), -1).any(1))[0][0])
+            raise CalibrationError(f"calibration data from {data.source} has {int(bad.sum())} NaN/Inf values (first in sample {first})",
+                                   "clean the data before calibrating")
+        data.arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
+    n = {len(data.arrays[k]) for k in input_names}
+    if len(n) != 1:
+        raise CalibrationError(f"calibration arrays from {data.source} have different sample counts {sorted(n)}", "every input needs the same number of samples")
+    if data.labels is not None and len(data.labels) != len(data):
+        data.labels = None
+        data.notes.append("labels ignored: their count differs from the samples")
+
+
+def split_holdout(data: CalibrationData, calib_samples: int, val_samples: int) -> tuple[CalibrationData, CalibrationData | None]:
+    """Calibration samples from the front, validation samples held out from the back (never the same)."""
+    n = len(data)
+    n_val = min(val_samples, n // 5) if n >= 10 else 0
+    calib = data.take(slice(0, min(calib_samples, n - n_val)))
+    val = data.take(slice(n - n_val, n)) if n_val else None
+    return calib, val

@@ -1,0 +1,209 @@
+"""The command line: a thin layer of click over the Python API (edgekit.convert & co).
+
+Every command takes --json PATH; every user error is one line on stderr and a non-zero exit
+(--debug shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edgekit.errors import EdgekitError, ValidationFailed
+
+
+def _consoles() -> tuple[Console, Console]:
+    # Progress goes to a duplicate of stderr so it keeps working while the converters'
+    # own output (fd 1 and 2) is captured into the artifact's convert.log.
+    try:
+        err = os.fdopen(os.dup(2), "w", buffering=1)
+    except OSError:
+        err = sys.stderr
+    out = Console() if sys.stdout.isatty() else Console(width=160)
+    return out, Console(file=err, stderr=True, width=None if err.isatty() else 200)
+
+
+OUT, ERR = _consoles()
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB" if n < 10 * 1024 * 1024 else f"{n / 1048576:,.1f} MiB"
+
+
+def _write_json(path: str | None, data) -> None:
+    if path:
+        from edgekit.artifact import write_json_atomic
+
+        write_json_atomic(Path(path), data)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="edgekit")
+@click.option("--debug", is_flag=True, help="Show tracebacks and the converters' logs on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """edgekit: PyTorch to the edge (ONNX, TFLite/LiteRT), with the real costs measured."""
+    ctx.obj = {"debug": debug}
+
+
+class _Progress:
+    """Stage lines: a spinner while a stage runs, then '✓ stage  1.23 s'."""
+
+    def __init__(self, console: Console, header: str):
+        self.console = console
+        self.header = header
+        self.status = None
+
+    def __call__(self, target: str, stage: str, event: str, seconds: float) -> None:
+        if self.header:  # printed once the checks have passed and work starts
+            self.console.print(self.header)
+            self.header = ""
+        if event == "start":
+            self.status = self.console.status(f"[bold]{target}[/]  {stage} …")
+            self.status.start()
+        else:
+            if self.status:
+                self.status.stop()
+                self.status = None
+            self.console.print(f"  [green]✓[/] [bold]{target:<18}[/] {stage:<20} {seconds:7.2f} s")
+
+    def stop(self) -> None:
+        if self.status:
+            self.status.stop()
+            self.status = None
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("-t", "--target", "targets", multiple=True, metavar="NAME",
+              help="Target from `edgekit targets` or a .toml file; repeat for several. [default: tflite-int8]")
+@click.option("--calib", metavar="SRC", help="Calibration data: .npy, .npz, a folder (npy or images), digits, fashion-mnist, or random.")
+@click.option("--calib-samples", type=click.IntRange(1), default=200, show_default=True, help="Samples used for calibration.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile", "distribution", "histogram", "moving-average"]),
+              help="Override the target's calibration method (each backend supports some).")
+@click.option("--calib-spec", metavar="NAME", help="Preprocessing spec for image folders (calibration/*.toml name or path).")
+@click.option("--val-samples", type=click.IntRange(1), default=200, show_default=True, help="Held-out samples for validation.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE", help="e.g. 1,3,224,224; repeat per input.")
+@click.option("--weights", type=click.Path(), help="State dict to load into the model built by a factory.")
+@click.option("--trust-pickle", is_flag=True, help="Allow torch.load of a pickled whole model (runs code from the file).")
+@click.option("--channels-last", is_flag=True, help="TFLite: NHWC inputs/outputs for image models.")
+@click.option("--out", "out", type=click.Path(), help="Artifact folder (one target). [default: out/<model>-<target>]")
+@click.option("--out-dir", type=click.Path(), default="out", show_default=True, help="Parent folder for artifacts.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the machine-readable result here.")
+@click.pass_context
+def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_samples, input_shapes, weights,
+            trust_pickle, channels_last, out, out_dir, json_path):
+    """Convert MODEL (file.py:factory, pkg.module:attr, .pt, .pt2; default: the bundled digits CNN)."""
+    from edgekit.pipeline import DEFAULT_TARGET, convert_many
+    from edgekit.sources import load_model, parse_shape
+
+    targets = list(targets) or [DEFAULT_TARGET]
+    if out and len(targets) > 1:
+        raise EdgekitError("--out names one artifact folder but several targets were given", "use --out-dir for several targets")
+    shapes = [parse_shape(s) for s in input_shapes] or None
+    spec = load_model(model, shapes, weights, trust_pickle)
+    progress = _Progress(ERR, header=f"[bold]{spec.source}[/] ({spec.num_params:,} parameters, input {', '.join(str(s) for s in spec.input_shapes)})")
+    try:
+        results = convert_many(spec, targets, out_dir=out, out_root=out_dir, calibration=calib, calib_samples=calib_samples,
+                               calib_method=calib_method, calib_spec=calib_spec, val_samples=val_samples,
+                               channels_last=channels_last, progress=progress)
+    finally:
+        progress.stop()
+    if len(results) == 1 and results[0].error is not None:
+        raise results[0].error  # one target: one line, no table
+    _convert_table(results, spec.param_bytes_fp32)
+    for r in results:
+        for w in r.warnings:
+            ERR.print(f"[yellow]warning[/] {r.target}: {w}", soft_wrap=True, highlight=False)
+    _write_json(json_path, {"command": "convert", "model": spec.source, "results": [r.to_json() for r in results]})
+    errors = [r for r in results if r.error is not None]
+    failed = [r for r in results if r.artifact is not None and r.artifact.validation.get("status") == "fail"]
+    if errors:
+        if ctx.obj["debug"]:
+            raise errors[0].error
+        for r in errors:
+            ERR.print(f"[red]error[/] {r.target}: {r.error}", highlight=False)
+        sys.exit(errors[0].error.exit_code)
+    if failed:
+        raise ValidationFailed("validation failed for " + ", ".join(f"{r.target} ({'; '.join(r.artifact.validation['reasons'])})" for r in failed),
+                               "see the artifact's manifest.json; try another target or calibration method")
+
+
+def _convert_table(results, param_bytes: int) -> None:
+    has_acc = any(r.artifact and "accuracy" in r.artifact.validation for r in results)
+    t = Table(title="edgekit convert", title_justify="left")
+    for col, kw in [("target", {}), ("size", {"justify": "right"}), ("× fp32 params", {"justify": "right"}),
+                    ("SQNR dB", {"justify": "right"}), ("top-1 agree", {"justify": "right"})]:
+        t.add_column(col, **kw)
+    if has_acc:
+        t.add_column("accuracy (ref)", justify="right")
+    t.add_column("time s", justify="right")
+    t.add_column("validation")
+    t.add_column("artifact")
+    colors = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for r in results:
+        if r.artifact is None:
+            row = [r.target, "-", "-", "-", "-"] + (["-"] if has_acc else []) + ["-", "[red]error[/]", str(r.error)[:60]]
+        else:
+            m, v = r.artifact.manifest, r.artifact.validation
+            agree = f"{v['top1_agreement']:.1%}" if "top1_agreement" in v else "-"
+            ratio = f"{m['size_bytes'] / param_bytes:.2f}" if param_bytes else "-"
+            row = [r.target, _kib(m["size_bytes"]), ratio, f"{v['sqnr_db']:.1f}", agree]
+            if has_acc:
+                row.append(f"{v['accuracy']:.1%} ({v['reference_accuracy']:.1%})" if "accuracy" in v else "-")
+            row += [f"{m['convert_seconds']:.1f}", f"[{colors[v['status']]}]{v['status']}[/]", str(r.artifact.path)]
+        t.add_row(*row)
+    OUT.print(t)
+
+
+@cli.command("targets")
+@click.option("--json", "json_path", type=click.Path(), help="Write the catalogue as JSON here.")
+def targets_cmd(json_path):
+    """List the conversion targets (shipped, $EDGEKIT_TARGETS, ./targets)."""
+    from edgekit.targets import list_targets
+
+    ts = list_targets()
+    t = Table(title="edgekit targets", title_justify="left")
+    for col in ("target", "format", "precision", "quantizer", "calibration", "I/O", "description"):
+        t.add_column(col, overflow="fold")
+    for x in ts:
+        q = x.quant
+        t.add_row(x.name, x.format, x.precision, "-" if q.backend == "none" else f"{q.backend} {q.mode}",
+                  q.calib_method if q.needs_calibration else "-", x.io_dtype, x.description)
+    OUT.print(t)
+    _write_json(json_path, {"command": "targets", "targets": [x.to_dict() for x in ts]})
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
+    except EdgekitError as exc:
+        if debug:
+            raise
+        ERR.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        ERR.print("[red]interrupted[/]")
+        sys.exit(130)
+    except click.ClickException as exc:
+        ERR.print(f"[red]error:[/] {exc.format_message()}; see `edgekit --help`", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        ERR.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # a bug, or a library failing in a way we did not foresee
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        ERR.print(f"[red]error:[/] internal error: {type(exc).__name__}: {first} (re-run with --debug for the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

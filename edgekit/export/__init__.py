@@ -1,0 +1,1 @@
+"""Exporters: PyTorch to ONNX (torch.onnx + onnxsim) and to TFLite (litert-torch)."""

@@ -1,0 +1,110 @@
+"""edgekit's minimal on-device runtime: numpy + LiteRT (ai-edge-litert / tflite-runtime) or ONNX Runtime.
+
+    from edgekit import runtime
+    model = runtime.load("out/digits-cnn-tflite-int8")
+    logits, = model(x)            # float32 in, float32 out, in the PyTorch model's layout (NCHW)
+    logits, = model(x_nhwc, input_layout="NHWC")   # or in the layout the artifact stores
+
+The manifest written by `edgekit convert` says the artifact's layout and int8/int16 quantization
+parameters; this module applies them, so callers always speak float. No torch import, ever.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgekit.errors import ArtifactError, UsageError
+from edgekit.runtime.backends import TensorInfo, open_backend, tflite_interpreter_class  # noqa: F401
+
+MANIFEST = "manifest.json"
+_TO_LAST = (0, 2, 3, 1)  # NCHW -> NHWC
+_TO_FIRST = (0, 3, 1, 2)  # NHWC -> NCHW
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ArtifactError(f"artifact folder not found: {folder}", "give the folder written by `edgekit convert`")
+    if not path.is_file():
+        raise ArtifactError(f"{folder} has no {MANIFEST}", "give the folder written by `edgekit convert`")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}", "re-run edgekit convert") from None
+
+
+def quantize(x: np.ndarray, dtype: str, scale: float, zero_point: int) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def _layout_perm(src: str | None, dst: str | None):
+    if not src or not dst or src == dst:
+        return None
+    return _TO_LAST if (src, dst) == ("NCHW", "NHWC") else _TO_FIRST
+
+
+class Model:
+    """A loaded artifact. Call it with float arrays, get float arrays back."""
+
+    def __init__(self, folder: str | Path, num_threads: int | None = None):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        model_file = self.folder / self.manifest["file"]
+        if not model_file.is_file():
+            raise ArtifactError(f"{self.folder} is missing its model file {self.manifest['file']}", "re-run edgekit convert")
+        self.backend = open_backend(model_file, num_threads)
+        self.inputs: list[dict] = self.manifest["inputs"]
+        self.outputs: list[dict] = self.manifest["outputs"]
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        """Input shapes in the PyTorch model's layout (what __call__ takes by default)."""
+        return [tuple(i["source_shape"]) for i in self.inputs]
+
+    def __call__(self, *arrays: np.ndarray, input_layout: str | None = None) -> list[np.ndarray]:
+        if len(arrays) != len(self.inputs):
+            raise UsageError(f"the model takes {len(self.inputs)} input(s), got {len(arrays)}")
+        feed = []
+        for spec, x in zip(self.inputs, arrays):
+            x = np.asarray(x, dtype=np.float32)
+            perm = _layout_perm(input_layout or spec.get("source_layout"), spec.get("layout"))
+            if perm:
+                x = x.transpose(perm)
+            if tuple(x.shape) != tuple(spec["shape"]):
+                raise UsageError(f"input {spec['name']!r} has shape {tuple(x.shape)}, the artifact takes {tuple(spec['shape'])} ({spec.get('layout') or 'no layout'})")
+            q = spec.get("quantization")
+            feed.append(quantize(x, spec["dtype"], q["scale"], q["zero_point"]) if q else x.astype(spec["dtype"]))
+        outs = self.backend.run(feed)
+        result = []
+        for spec, y in zip(self.outputs, outs):
+            q = spec.get("quantization")
+            y = dequantize(y, q["scale"], q["zero_point"]) if q else np.asarray(y, dtype=np.float32)
+            perm = _layout_perm(spec.get("layout"), spec.get("source_layout"))
+            result.append(np.ascontiguousarray(y.transpose(perm)) if perm else y)
+        return result
+
+    def run_batch(self, *arrays: np.ndarray, input_layout: str | None = None) -> list[np.ndarray]:
+        """Run N samples through a fixed-batch artifact by slicing along the first axis."""
+        b = int(self.inputs[0]["shape"][0]) or 1
+        n = len(arrays[0])
+        if n % b:
+            raise UsageError(f"{n} samples do not divide into the artifact's batch of {b}")
+        chunks = [self(*(a[i:i + b] for a in arrays), input_layout=input_layout) for i in range(0, n, b)]
+        return [np.concatenate([c[k] for c in chunks]) for k in range(len(self.outputs))]
+
+
+def load(folder: str | Path, num_threads: int | None = None) -> Model:
+    return Model(folder, num_threads)
+
+
+__all__ = ["Model", "load", "read_manifest", "quantize", "dequantize", "TensorInfo", "open_backend"]

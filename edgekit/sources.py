@@ -1,0 +1,229 @@
+"""Model sources: turn what the user names into an eval-mode nn.Module plus example inputs.
+
+Accepted: `file.py:factory`, `package.module:attr` (a module, or a callable returning one),
+TorchScript `.pt`, torch.export `.pt2`, a pickled whole model `.pt` only with trust_pickle=True,
+an nn.Module object (Python API), or nothing: the bundled digits CNN.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from edgekit.errors import ModelLoadError, UsageError
+
+DEFAULT_MODEL = "edgekit.examples.digits:build"
+
+
+@dataclass
+class ModelSpec:
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: list[str]
+    name: str  # short name, used for artifact folder names
+    source: str  # what the user gave
+    default_calibration: str | None = None  # e.g. "digits" for the bundled example
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(t.shape) for t in self.example_inputs]
+
+    @property
+    def param_bytes_fp32(self) -> int:
+        return sum(p.numel() for p in self.module.parameters()) * 4
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def layout(self, i: int) -> str | None:
+        """PyTorch image models take NCHW; we only call 4-D inputs that."""
+        return "NCHW" if self.example_inputs[i].ndim == 4 else None
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise UsageError(f"bad --input-shape {text!r}", "write it as comma-separated integers, e.g. 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise UsageError(f"bad --input-shape {text!r}", "every dimension must be a positive integer, e.g. 1,3,224,224")
+    return dims
+
+
+def _import_file(path: Path) -> Any:
+    name = f"_edgekit_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import {path}", "give a Python file, e.g. models/net.py:build")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}", "fix the model file (--debug shows the traceback)") from exc
+    finally:
+        sys.path.pop(0)
+    return module
+
+
+def _resolve_attr(source: str) -> tuple[Any, str]:
+    where, _, attr = source.rpartition(":")
+    if not attr:
+        raise ModelLoadError(f"{source!r} names no attribute", "write file.py:factory or package.module:attr")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {where}", "check the path")
+        module = _import_file(path)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ModelLoadError(f"cannot import module {where!r}: {exc}", "check the module path and that it is installed") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelLoadError(f"{where} has no attribute {attr!r}", "check the name after the colon")
+        obj = getattr(obj, part)
+    return obj, attr
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+
+
+def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, list[str] | None]:
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}", "check the path")
+    if path.suffix == ".pt2":
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {path} as a torch.export program: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                 "save it with torch.export.save(torch.export.export(model, args), 'net.pt2')") from exc
+        example = getattr(ep, "example_inputs", None)
+        args = tuple(example[0]) if example and not example[1] else None
+        names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        return ep.module(), args, names or None
+    if _is_torchscript(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu"), None, None
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {path} as TorchScript: {type(exc).__name__}", "re-save it with torch.jit.save") from exc
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        if not trust_pickle and "Unsupported global" in str(exc):
+            raise ModelLoadError(f"{path} is a pickled model that needs code execution to load",
+                                 "pass --trust-pickle only if you trust the file, or export it as .pt2 / TorchScript") from exc
+        raise ModelLoadError(f"cannot read {path} as a PyTorch model: {type(exc).__name__}: {first}",
+                             "give TorchScript (.pt), torch.export (.pt2) or file.py:factory") from exc
+    if isinstance(obj, nn.Module):
+        return obj, None, None
+    if isinstance(obj, dict):
+        raise ModelLoadError(f"{path} holds a state dict (weights only), not a model",
+                             "give the architecture as file.py:factory and the weights with --weights")
+    raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a model", "give TorchScript (.pt), torch.export (.pt2) or file.py:factory")
+
+
+def _example_from(obj: Any) -> tuple | None:
+    """Example inputs declared on a factory or module: example_inputs (tensors) or example_input_shape."""
+    for holder in (obj,):
+        ex = getattr(holder, "example_inputs", None)
+        if callable(ex) and not isinstance(ex, torch.Tensor):
+            ex = ex()
+        if isinstance(ex, torch.Tensor):
+            return (ex,)
+        if isinstance(ex, (tuple, list)) and ex and all(isinstance(t, torch.Tensor) for t in ex):
+            return tuple(ex)
+        shape = getattr(holder, "example_input_shape", None)
+        if shape:
+            shapes = shape if isinstance(shape[0], (tuple, list)) else [shape]
+            return tuple(torch.rand(*map(int, s)) for s in shapes)
+    return None
+
+
+def load_model(
+    source: str | nn.Module | None = None,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+) -> ModelSpec:
+    default_calib = None
+    names: list[str] | None = None
+    example: tuple | None = None
+    if source is None:
+        source, default_calib = DEFAULT_MODEL, "digits"
+    if isinstance(source, nn.Module):
+        module, label, name = source, type(source).__name__, type(source).__name__.lower()
+        example = _example_from(source)
+    else:
+        label = str(source)
+        suffix = Path(label).suffix
+        if suffix in (".pt", ".pth", ".pt2", ".ptl") and ":" not in label:
+            module, example, names = _load_file(Path(label), trust_pickle)
+            name = Path(label).stem
+        elif ":" in label:
+            obj, attr = _resolve_attr(label)
+            example = _example_from(obj)
+            if isinstance(obj, nn.Module):
+                module = obj
+            elif callable(obj):
+                try:
+                    module = obj()
+                except Exception as exc:
+                    raise ModelLoadError(f"calling {label}() failed: {type(exc).__name__}: {exc}", "the factory must build the model with no arguments") from exc
+            else:
+                raise ModelLoadError(f"{label} is a {type(obj).__name__}, not a model or a factory", "point at an nn.Module or a function returning one")
+            if not isinstance(module, nn.Module):
+                raise ModelLoadError(f"{label}() returned a {type(module).__name__}, not an nn.Module", "the factory must return a torch.nn.Module")
+            example = example or _example_from(module)
+            name = "digits-cnn" if label == DEFAULT_MODEL else (Path(label.split(":")[0]).stem if label.split(":")[0].endswith(".py") else attr)
+        else:
+            raise ModelLoadError(f"cannot tell what model {label!r} is",
+                                 "give file.py:factory, package.module:attr, a TorchScript .pt or a torch.export .pt2 file")
+    if weights is not None:
+        wpath = Path(weights)
+        if not wpath.is_file():
+            raise ModelLoadError(f"weights file not found: {weights}", "check the path")
+        try:
+            state = torch.load(str(wpath), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+            module.load_state_dict(state)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load weights {weights}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                                 "the file must be a state dict matching the architecture") from exc
+    if input_shapes:
+        example = tuple(torch.rand(*map(int, s)) for s in input_shapes)
+    if not example:
+        raise UsageError(f"cannot tell the input shape of {label}",
+                         "pass --input-shape 1,3,224,224 (once per input), or set example_input_shape on the factory")
+    try:
+        module.eval()
+    except NotImplementedError:  # torch.export modules keep the mode they were exported in
+        pass
+    if not names or len(names) != len(example):
+        names = ["input"] if len(example) == 1 else [f"input_{i}" for i in range(len(example))]
+    try:
+        with torch.no_grad():
+            module(*example)
+    except Exception as exc:
+        raise ModelLoadError(f"the model does not run on inputs of shape {', '.join(str(tuple(t.shape)) for t in example)}: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                             "check --input-shape") from exc
+    return ModelSpec(module, tuple(example), names, name, label, default_calib)

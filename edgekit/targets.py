@@ -1,0 +1,179 @@
+"""Targets as data: one TOML file per target under targets/ (shipped) or ./targets/ (the user's own).
+
+A target says what to produce (format, precision, I/O) and how (the quantizer and its settings),
+and the validation thresholds that decide ok / warn / fail. Loading checks every field, so a typo
+in a user's target file is an error naming the file and the field, not a surprise mid-conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from edgekit.errors import TargetError
+
+FORMATS = ("onnx", "tflite")
+MODES = ("none", "fp16", "dynamic", "static")
+# Which calibration methods each quantizer backend really implements.
+CALIB_METHODS = {
+    "ort": ("minmax", "entropy", "percentile", "distribution"),
+    "pt2e": ("minmax", "histogram"),
+    "aeq": ("minmax", "moving-average"),
+    "none": (),
+}
+BACKENDS_BY_FORMAT = {"onnx": ("none", "ort"), "tflite": ("none", "aeq", "pt2e")}
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How the float model becomes the target precision."""
+
+    mode: str = "none"  # none | fp16 | dynamic | static
+    backend: str = "none"  # ort | aeq | pt2e | none
+    weight_bits: int = 8
+    activation_bits: int = 8
+    per_channel: bool = True
+    calib_method: str = "minmax"
+    activation_type: str = "uint8"  # ONNX Runtime QDQ activations: uint8 | int8 | uint16 | int16
+    reduce_range: str = "auto"  # ONNX Runtime: auto | true | false (auto = 7-bit weights on x86 without VNNI)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode == "static"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Validation verdict: ok when every figure meets `ok_*`, fail when any misses `warn_*`."""
+
+    ok_sqnr_db: float = 30.0
+    warn_sqnr_db: float = 15.0
+    ok_top1_agreement: float = 0.99
+    warn_top1_agreement: float = 0.95
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    format: str
+    precision: str
+    description: str = ""
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    io_dtype: str = "float32"  # what the artifact's inputs/outputs hold
+    validation: Thresholds = field(default_factory=Thresholds)
+    source: str = ""  # the file it came from
+
+    @property
+    def extension(self) -> str:
+        return ".onnx" if self.format == "onnx" else ".tflite"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _shipped_dir() -> Path:
+    # Editable/source checkout: <repo>/targets; installed wheel: the edgekit._targets package.
+    repo = Path(__file__).resolve().parent.parent / "targets"
+    if repo.is_dir():
+        return repo
+    return Path(str(resources.files("edgekit._targets")))
+
+
+def search_dirs() -> list[Path]:
+    """Later directories override earlier ones: shipped, then $EDGEKIT_TARGETS, then ./targets."""
+    dirs = [_shipped_dir()]
+    extra = os.environ.get("EDGEKIT_TARGETS")
+    if extra:
+        dirs += [Path(p) for p in extra.split(os.pathsep) if p]
+    local = Path.cwd() / "targets"
+    if local.is_dir() and local.resolve() != dirs[0].resolve():
+        dirs.append(local)
+    return dirs
+
+
+def _build(cls, data: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TargetError(f"{where}: unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(sorted(names))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # pragma: no cover - dataclass signature errors
+        raise TargetError(f"{where}: {exc}") from None
+
+
+def parse_target(data: dict, source: str) -> Target:
+    data = dict(data)
+    quant = _build(QuantSpec, data.pop("quantize", {}), f"{source} [quantize]")
+    thresholds = _build(Thresholds, data.pop("validation", {}), f"{source} [validation]")
+    target = _build(Target, {**data, "quant": quant, "validation": thresholds, "source": source}, source)
+    _check(target)
+    return target
+
+
+def _check(t: Target) -> None:
+    def bad(what: str, value, allowed):
+        raise TargetError(f"{t.source}: {what} = {value!r} is not valid", f"use one of: {', '.join(map(str, allowed))}")
+
+    if t.format not in FORMATS:
+        bad("format", t.format, FORMATS)
+    q = t.quant
+    if q.mode not in MODES:
+        bad("quantize.mode", q.mode, MODES)
+    if q.backend not in BACKENDS_BY_FORMAT[t.format]:
+        bad("quantize.backend", q.backend, BACKENDS_BY_FORMAT[t.format])
+    if (q.mode == "none") != (q.backend == "none"):
+        raise TargetError(f"{t.source}: quantize.mode {q.mode!r} and quantize.backend {q.backend!r} disagree",
+                          "mode 'none' goes with backend 'none' and every other mode needs a quantizer backend")
+    if q.needs_calibration and q.calib_method not in CALIB_METHODS[q.backend]:
+        bad("quantize.calib_method", q.calib_method, CALIB_METHODS[q.backend])
+    if q.weight_bits not in (4, 8, 16) or q.activation_bits not in (8, 16):
+        raise TargetError(f"{t.source}: weight_bits/activation_bits out of range", "weights 4/8/16 bits, activations 8/16 bits")
+    if q.reduce_range not in ("auto", "true", "false"):
+        bad("quantize.reduce_range", q.reduce_range, ("auto", "true", "false"))
+    if q.activation_type not in ("uint8", "int8", "uint16", "int16"):
+        bad("quantize.activation_type", q.activation_type, ("uint8", "int8", "uint16", "int16"))
+
+
+def _read(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TargetError(f"cannot read target file {path}: {exc}", "fix the TOML syntax") from None
+    data.setdefault("name", path.stem)
+    return parse_target(data, str(path))
+
+
+def _catalogue() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in search_dirs():
+        for p in sorted(d.glob("*.toml")):
+            found[p.stem] = p
+    return found
+
+
+def list_targets() -> list[Target]:
+    return [_read(p) for p in _catalogue().values()]
+
+
+def load_target(name_or_path: str | Path | Target) -> Target:
+    """A target by catalogue name (`tflite-int8`) or by path to a .toml file."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
+    s = str(name_or_path)
+    if s.endswith(".toml"):
+        p = Path(s)
+        if not p.is_file():
+            raise TargetError(f"target file not found: {s}", "check the path, or use a name from `edgekit targets`")
+        return _read(p)
+    cat = _catalogue()
+    if s not in cat:
+        close = difflib.get_close_matches(s, list(cat), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else "run `edgekit targets` for the catalogue"
+        raise TargetError(f"unknown target {s!r}", hint)
+    return _read(cat[s])
