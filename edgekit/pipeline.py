@@ -23,7 +23,7 @@ from edgekit import __version__
 from edgekit._util import ProgressFn, Stages, tool_versions
 from edgekit.artifact import Artifact, Staging, sha256
 from edgekit.calibration import CalibrationData, load_calibration, split_holdout
-from edgekit.errors import CalibrationError, EdgekitError, ValidationFailed
+from edgekit.errors import CalibrationError, ConversionError, EdgekitError
 from edgekit.runtime import MANIFEST, open_backend
 from edgekit.sources import ModelSpec, load_model
 from edgekit.targets import Target, load_target
@@ -52,29 +52,24 @@ class ConvertResult:
                 "artifact": self.artifact.to_json()}
 
 
-def _outputs(module: nn.Module, args: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = module(*args)
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return [o.detach().cpu().numpy() for o in outs]
-
-
 def _reference(spec: ModelSpec, data: CalibrationData) -> list[np.ndarray]:
     b = spec.example_inputs[0].shape[0]
-    chunks = [_outputs(spec.module, [torch.from_numpy(s[n]) for n in spec.input_names]) for s in data.samples(b)]
-    return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+    chunks = [spec.reference_outputs(*(torch.from_numpy(s[n]) for n in spec.input_names)) for s in data.samples(b)]
+    return [np.concatenate([c[k].numpy() for c in chunks]) for k in range(len(chunks[0]))]
 
 
 def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list[dict], list[dict]]:
     from edgekit.export.onnx import output_names
 
-    ref = _outputs(spec.module, spec.example_inputs)
-    out_names = output_names(spec)
-    inputs = [{"name": spec.input_names[i], **t.to_dict(), "layout": in_layouts[i], "source_layout": spec.layout(i),
+    ref = spec.reference_outputs()
+    src_in, src_out = spec.io_layouts()
+    if len(backend.inputs) != len(spec.input_names) or len(backend.outputs) != len(ref):
+        raise ConversionError(f"the artifact has {len(backend.inputs)} inputs / {len(backend.outputs)} outputs, the model "
+                              f"{len(spec.input_names)} / {len(ref)}", "the converter dropped or merged tensors; run with --debug")
+    inputs = [{"name": spec.input_names[i], **t.to_dict(), "layout": in_layouts[i], "source_layout": src_in[i],
                "source_shape": list(spec.input_shapes[i])} for i, t in enumerate(backend.inputs)]
-    outputs = [{"name": out_names[i] if i < len(out_names) else t.name, **t.to_dict(), "layout": out_layouts[i] if i < len(out_layouts) else None,
-                "source_layout": "NCHW" if ref[i].ndim == 4 else None, "source_shape": list(ref[i].shape)}
-               for i, t in enumerate(backend.outputs)]
+    outputs = [{"name": name, **t.to_dict(), "layout": out_layouts[i], "source_layout": src_out[i], "source_shape": list(ref[i].shape)}
+               for i, (name, t) in enumerate(zip(output_names(spec), backend.outputs))]
     return inputs, outputs
 
 
@@ -209,8 +204,7 @@ def _build(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, channels
             samples = list(calib.samples(spec.input_shapes[0][0])) if q.needs_calibration else None
             with stages.stage("quantize"):
                 recipe["quantize"] = onnx_quant.quantize(simple, model_file, q, samples, work)
-        layouts_in = [spec.layout(i) for i in range(len(spec.input_names))]
-        return recipe, layouts_in, [None] * 16
+        return (recipe, *spec.io_layouts())
 
     from edgekit.export import tflite as tfl_export
     from edgekit.quantize import tflite as tfl_quant
@@ -271,4 +265,4 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     return results
 
 
-__all__ = ["convert", "convert_many", "ConvertResult", "DEFAULT_TARGET", "ValidationFailed"]
+__all__ = ["convert", "convert_many", "ConvertResult", "DEFAULT_TARGET"]

@@ -48,6 +48,18 @@ class ModelSpec:
         """PyTorch image models take NCHW; we only call 4-D inputs that."""
         return "NCHW" if self.example_inputs[i].ndim == 4 else None
 
+    def reference_outputs(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        """The model's outputs as a flat list (on the example inputs when no args are given)."""
+        with torch.no_grad():
+            out = self.module(*(args or self.example_inputs))
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def io_layouts(self) -> tuple[list[str | None], list[str | None]]:
+        """Layouts of the PyTorch model's inputs and outputs (NCHW for 4-D tensors)."""
+        outs = self.reference_outputs()
+        return ([self.layout(i) for i in range(len(self.example_inputs))],
+                ["NCHW" if o.ndim == 4 else None for o in outs])
+
 
 def parse_shape(text: str) -> tuple[int, ...]:
     try:

@@ -15,9 +15,7 @@ from edgekit.sources import ModelSpec
 
 
 def output_names(spec: ModelSpec) -> list[str]:
-    with torch.no_grad():
-        out = spec.module(*spec.example_inputs)
-    n = len(out) if isinstance(out, (tuple, list)) else 1
+    n = len(spec.reference_outputs())
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 

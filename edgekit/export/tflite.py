@@ -15,11 +15,8 @@ from edgekit.sources import ModelSpec
 def prepare(spec: ModelSpec, channels_last: bool) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[str | None], list[str | None]]:
     """The module and sample args litert-torch sees, and the artifact's input/output layouts."""
     module, args = spec.module, spec.example_inputs
-    with torch.no_grad():
-        out = module(*args)
-    outs = list(out) if isinstance(out, (tuple, list)) else [out]
-    in_layouts: list[str | None] = [spec.layout(i) for i in range(len(args))]
-    out_layouts: list[str | None] = ["NCHW" if o.ndim == 4 else None for o in outs]
+    outs = spec.reference_outputs()
+    in_layouts, out_layouts = spec.io_layouts()
     if channels_last:
         import litert_torch
 
