@@ -87,6 +87,7 @@ class _Progress:
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile", "distribution", "histogram", "moving-average"]),
               help="Override the target's calibration method (each backend supports some).")
 @click.option("--calib-spec", metavar="NAME", help="Preprocessing spec for image folders (calibration/*.toml name or path).")
+@click.option("--val-data", metavar="SRC", help="Validation data (same forms as --calib). [default: held out from --calib]")
 @click.option("--val-samples", type=click.IntRange(1), default=200, show_default=True, help="Held-out samples for validation.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE", help="e.g. 1,3,224,224; repeat per input.")
 @click.option("--weights", type=click.Path(), help="State dict to load into the model built by a factory.")
@@ -96,7 +97,7 @@ class _Progress:
 @click.option("--out-dir", type=click.Path(), default="out", show_default=True, help="Parent folder for artifacts.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the machine-readable result here.")
 @click.pass_context
-def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_samples, input_shapes, weights,
+def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, weights,
             trust_pickle, channels_last, out, out_dir, json_path):
     """Convert MODEL (file.py:factory, pkg.module:attr, .pt, .pt2; default: the bundled digits CNN)."""
     from edgekit.pipeline import DEFAULT_TARGET, convert_many
@@ -110,7 +111,7 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
     progress = _Progress(ERR, header=f"[bold]{spec.source}[/] ({spec.num_params:,} parameters, input {', '.join(str(s) for s in spec.input_shapes)})")
     try:
         results = convert_many(spec, targets, out_dir=out, out_root=out_dir, calibration=calib, calib_samples=calib_samples,
-                               calib_method=calib_method, calib_spec=calib_spec, val_samples=val_samples,
+                               calib_method=calib_method, calib_spec=calib_spec, validation=val_data, val_samples=val_samples,
                                channels_last=channels_last, progress=progress)
     finally:
         progress.stop()

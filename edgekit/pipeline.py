@@ -74,8 +74,18 @@ def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list
 
 
 def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib_spec, calib_samples, val_samples,
-                  warnings: list[str]) -> tuple[CalibrationData | None, CalibrationData]:
+                  warnings: list[str], validation=None) -> tuple[CalibrationData | None, CalibrationData]:
     """(calibration samples, held-out validation samples), read and checked once for every target."""
+    if validation is not None:  # the user's own validation set: calibration keeps all of --calib
+        val = load_calibration(validation, spec.input_names, spec.input_shapes, spec_name=calib_spec)
+        calib = None
+        if calibration is not None or spec.default_calibration:
+            calib = load_calibration(calibration if calibration is not None else spec.default_calibration,
+                                     spec.input_names, spec.input_shapes, spec_name=calib_spec)
+            calib = calib.take(slice(0, calib_samples))
+        elif any(t.quant.needs_calibration for t in targets):
+            raise CalibrationError("static int8 targets need calibration data besides --val-data", "pass --calib too")
+        return calib, val.take(slice(0, val_samples))
     needing = [t.name for t in targets if t.quant.needs_calibration]
     source = calibration if calibration is not None else spec.default_calibration
     if source is None:
@@ -120,6 +130,7 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | Path | None = None,
             calib_samples: int = 200, val_samples: int = 200, calib_method: str | None = None,
             calib_spec: str | None = None, channels_last: bool = False, trust_pickle: bool = False,
+            validation: str | Path | np.ndarray | CalibrationData | None = None,
             progress: ProgressFn | None = None, warnings: list[str] | None = None) -> Artifact:
     """Convert a PyTorch model to one target and validate it; returns the written Artifact.
 
@@ -130,7 +141,7 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
     warnings = warnings if warnings is not None else []
     dest = Path(out_dir) if out_dir else default_dest(spec, tgt)
     Staging.check(dest)
-    calib, val = _resolve_data(spec, [tgt], calibration, calib_spec, calib_samples, val_samples, warnings)
+    calib, val = _resolve_data(spec, [tgt], calibration, calib_spec, calib_samples, val_samples, warnings, validation)
     return _convert_one(spec, tgt, calib, val, dest, channels_last, progress, warnings)
 
 
@@ -236,7 +247,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
                  calibration=None, out_dir: str | Path | None = None, out_root: str | Path = "out",
                  calib_samples: int = 200, val_samples: int = 200, calib_method: str | None = None,
                  calib_spec: str | None = None, channels_last: bool = False,
-                 input_shapes=None, weights=None, trust_pickle: bool = False,
+                 input_shapes=None, weights=None, trust_pickle: bool = False, validation=None,
                  progress=None) -> list[ConvertResult]:
     """Several targets over one loaded model and one checked dataset.
 
@@ -252,7 +263,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     for d in dests:
         Staging.check(d)
     shared: list[str] = []
-    calib, val = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared)
+    calib, val = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared, validation)
     results = []
     for tgt, dest in zip(tgts, dests):
         res = ConvertResult(tgt.name, warnings=[w for w in shared if "calibrat" not in w or tgt.quant.needs_calibration])

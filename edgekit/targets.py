@@ -41,6 +41,7 @@ class QuantSpec:
     calib_method: str = "minmax"
     activation_type: str = "uint8"  # ONNX Runtime QDQ activations: uint8 | int8 | uint16 | int16
     reduce_range: str = "auto"  # ONNX Runtime: auto | true | false (auto = 7-bit weights on x86 without VNNI)
+    op_types: tuple[str, ...] = ()  # ONNX Runtime: op types to quantize (empty = every supported op)
 
     @property
     def needs_calibration(self) -> bool:
@@ -109,7 +110,10 @@ def _build(cls, data: dict, where: str):
 
 def parse_target(data: dict, source: str) -> Target:
     data = dict(data)
-    quant = _build(QuantSpec, data.pop("quantize", {}), f"{source} [quantize]")
+    qdata = dict(data.pop("quantize", {}))
+    if "op_types" in qdata:
+        qdata["op_types"] = tuple(qdata["op_types"])
+    quant = _build(QuantSpec, qdata, f"{source} [quantize]")
     thresholds = _build(Thresholds, data.pop("validation", {}), f"{source} [validation]")
     target = _build(Target, {**data, "quant": quant, "validation": thresholds, "source": source}, source)
     _check(target)
@@ -136,6 +140,8 @@ def _check(t: Target) -> None:
         raise TargetError(f"{t.source}: weight_bits/activation_bits out of range", "weights 4/8/16 bits, activations 8/16 bits")
     if q.reduce_range not in ("auto", "true", "false"):
         bad("quantize.reduce_range", q.reduce_range, ("auto", "true", "false"))
+    if q.op_types and q.backend != "ort":
+        raise TargetError(f"{t.source}: quantize.op_types is an ONNX Runtime setting", "remove it or use backend = \"ort\"")
     if q.activation_type not in ("uint8", "int8", "uint16", "int16"):
         bad("quantize.activation_type", q.activation_type, ("uint8", "int8", "uint16", "int16"))
 

@@ -109,3 +109,17 @@ def test_failed_conversion_leaves_nothing_behind(in_tmp):
     assert not [q for q in leftovers if ".tmp-" in str(q)], leftovers
     failed = [line for line in p.stderr.splitlines() if line.startswith("error")]
     assert failed, p.stderr
+
+
+def test_val_data_is_used_for_validation(in_tmp):
+    from edgekit.datasets import digits
+
+    d = digits()
+    np.save(in_tmp / "c.npy", d.train.x[:100])
+    np.savez(in_tmp / "v.npz", x=d.test.x[:50], y=d.test.y[:50])
+    p = run_cli("convert", "--target", "onnx-int8", "--calib", "c.npy", "--val-data", "v.npz", "--json", "r.json", cwd=in_tmp)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((in_tmp / "r.json").read_text())["results"][0]["artifact"]
+    assert m["validation"]["inputs"] == "v.npz" and m["validation"]["samples"] == 50
+    assert m["validation"]["accuracy"] > 0.95
+    assert m["calibration"]["samples"] == 100 and m["calibration"]["method"] == "percentile"

@@ -64,8 +64,9 @@ def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None,
         _preprocess(src, pre)
         reduce_range, why = resolve_reduce_range(q.reduce_range)
         if q.mode == "dynamic":
-            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=q.per_channel, reduce_range=reduce_range)
-            return {"tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": "int8",
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=q.per_channel, reduce_range=reduce_range,
+                             op_types_to_quantize=list(q.op_types) or None)
+            return {"tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": "int8", "op_types": list(q.op_types) or "all",
                     "per_channel": q.per_channel, "reduce_range": reduce_range, "reduce_range_reason": why}
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
@@ -75,8 +76,10 @@ def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None,
             extra["UseQDQContribOps"] = True
         quantize_static(str(pre), str(dst), _Reader(samples or []), quant_format=QuantFormat.QDQ,
                         per_channel=q.per_channel, reduce_range=reduce_range, activation_type=act,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[q.calib_method], extra_options=extra)
+                        weight_type=QuantType.QInt8, calibrate_method=methods[q.calib_method], extra_options=extra,
+                        op_types_to_quantize=list(q.op_types) or None)
         return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": q.per_channel,
+                "op_types": list(q.op_types) or "all",
                 "activation_type": q.activation_type, "weight_type": "int8", "calib_method": q.calib_method,
                 "reduce_range": reduce_range, "reduce_range_reason": why}
     except ConversionError:
