@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from edgekit.catalog import toml_catalogue
 from edgekit.errors import CalibrationError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
@@ -52,22 +52,8 @@ class CalibrationData:
 
 # ---------------------------------------------------------------- specs (calibration/*.toml)
 
-def _spec_dirs() -> list[Path]:
-    repo = Path(__file__).resolve().parent.parent / "calibration"
-    shipped = repo if repo.is_dir() else Path(str(resources.files("edgekit._calibration")))
-    dirs = [shipped]
-    local = Path.cwd() / "calibration"
-    if local.is_dir() and local.resolve() != shipped.resolve():
-        dirs.append(local)
-    return dirs
-
-
 def list_specs() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for d in _spec_dirs():
-        for p in sorted(d.glob("*.toml")):
-            found[p.stem] = p
-    return found
+    return toml_catalogue("calibration")
 
 
 def load_spec(name_or_path: str) -> dict:

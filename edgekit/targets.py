@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
+from edgekit.catalog import data_dirs, toml_catalogue
 from edgekit.errors import TargetError
 
 FORMATS = ("onnx", "tflite")
@@ -77,24 +76,9 @@ class Target:
         return dataclasses.asdict(self)
 
 
-def _shipped_dir() -> Path:
-    # Editable/source checkout: <repo>/targets; installed wheel: the edgekit._targets package.
-    repo = Path(__file__).resolve().parent.parent / "targets"
-    if repo.is_dir():
-        return repo
-    return Path(str(resources.files("edgekit._targets")))
-
-
 def search_dirs() -> list[Path]:
     """Later directories override earlier ones: shipped, then $EDGEKIT_TARGETS, then ./targets."""
-    dirs = [_shipped_dir()]
-    extra = os.environ.get("EDGEKIT_TARGETS")
-    if extra:
-        dirs += [Path(p) for p in extra.split(os.pathsep) if p]
-    local = Path.cwd() / "targets"
-    if local.is_dir() and local.resolve() != dirs[0].resolve():
-        dirs.append(local)
-    return dirs
+    return data_dirs("targets", "EDGEKIT_TARGETS")
 
 
 def _build(cls, data: dict, where: str):
@@ -156,11 +140,7 @@ def _read(path: Path) -> Target:
 
 
 def _catalogue() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for d in search_dirs():
-        for p in sorted(d.glob("*.toml")):
-            found[p.stem] = p
-    return found
+    return toml_catalogue("targets", "EDGEKIT_TARGETS")
 
 
 def list_targets() -> list[Target]:

@@ -1,0 +1,37 @@
+"""Where the data catalogues live: targets/, calibration/ (and devices/) as *.toml files.
+
+Shipped files come from the repository checkout (editable install) or from the wheel, where
+they are packaged as edgekit._<kind>. Users add or override entries with ./<kind>/*.toml in
+their working directory, or with directories named in an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+
+def data_dirs(kind: str, env_var: str | None = None) -> list[Path]:
+    """Lookup order for <kind>/*.toml; a later directory overrides an earlier one's entry of the same name."""
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file() and (repo / kind).is_dir():
+        shipped = repo / kind
+    else:
+        shipped = Path(str(resources.files(f"edgekit._{kind}")))
+    dirs = [shipped]
+    if env_var and os.environ.get(env_var):
+        dirs += [Path(p) for p in os.environ[env_var].split(os.pathsep) if p]
+    local = Path.cwd() / kind
+    if local.is_dir() and local.resolve() != shipped.resolve():
+        dirs.append(local)
+    return dirs
+
+
+def toml_catalogue(kind: str, env_var: str | None = None) -> dict[str, Path]:
+    """name (file stem) -> path, across data_dirs(kind)."""
+    found: dict[str, Path] = {}
+    for d in data_dirs(kind, env_var):
+        for p in sorted(d.glob("*.toml")):
+            found[p.stem] = p
+    return found
