@@ -180,6 +180,116 @@ def targets_cmd(json_path):
     _write_json(json_path, {"command": "targets", "targets": [x.to_dict() for x in ts]})
 
 
+def _ms(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
+@click.option("-d", "--device", "devices", multiple=True, metavar="NAME",
+              help="Profile from `edgekit devices`, a .toml, ssh://user@host[:port] or adb://SERIAL; repeat for several. [default: local]")
+@click.option("--runs", type=click.IntRange(1), default=100, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Warm-up runs before timing.")
+@click.option("--min-seconds", type=click.FloatRange(0), default=0.0, show_default=True, help="Keep running until this much time has passed.")
+@click.option("--threads", type=click.IntRange(0), help="Interpreter threads. [default: the profile's]")
+@click.option("--cooldown", "cooldown_s", type=click.FloatRange(0), default=0.0, show_default=True, help="Seconds to wait between artifacts on one device.")
+@click.option("--runner", type=click.Choice(["python", "benchmark_model"]), help="Override the profile's runner.")
+@click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model binary for the device (Android).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1), help="Seconds the measurement may take per artifact. [default: 5x the profile's step timeout]")
+@click.option("--json", "json_path", type=click.Path(), help="Write every result, raw samples included, here.")
+def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, runner, benchmark_binary, timeout_s, json_path):
+    """Measure ARTIFACT (folders from `edgekit convert`, or .tflite/.onnx files) on devices."""
+    from edgekit.bench import BenchOptions, bench_many
+
+    opts = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, cooldown_s=cooldown_s,
+                        timeout_s=timeout_s, benchmark_binary=benchmark_binary, runner=runner)
+    status = {"s": None}
+
+    def progress(device: str, artifact: str, event: str) -> None:
+        if event == "start":
+            status["s"] = ERR.status(f"[bold]{device}[/]  {artifact} …")
+            status["s"].start()
+        elif status["s"]:
+            status["s"].stop()
+            mark = "[green]✓[/]" if event == "done" else "[red]✗[/]"
+            ERR.print(f"  {mark} [bold]{device:<14}[/] {artifact}", highlight=False)
+
+    try:
+        results = bench_many(list(artifacts), list(devices) or ["local"], opts, progress)
+    finally:
+        if status["s"]:
+            status["s"].stop()
+    t = Table(title="edgekit bench", title_justify="left")
+    for col in ("artifact", "device", "size", "p50 ms", "p90 ms", "CV", "init ms", "peak MB", "status"):
+        t.add_column(col, justify="right" if col not in ("artifact", "device", "status") else "left", overflow="fold")
+    for r in results:
+        st = r.stats
+        if r.status == "ok":
+            cv = "-" if st.get("cv") is None else f"{st['cv']:.1%}"
+            state = "[yellow]ok*[/]" if r.warnings else "[green]ok[/]"
+            t.add_row(r.target or r.artifact, r.device, _kib(r.size_bytes), _ms(st.get("p50_ms")), _ms(st.get("p90_ms")), cv,
+                      _ms(r.init_ms), "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}", state)
+        else:
+            t.add_row(r.artifact, r.device, "-", "-", "-", "-", "-", "-", "[red]failed[/]")
+    OUT.print(t)
+    for r in results:
+        for w in r.warnings:
+            ERR.print(f"[yellow]warning[/] {r.device} {r.target or r.artifact}: {w}", soft_wrap=True, highlight=False)
+        if r.status != "ok":
+            ERR.print(f"[red]error[/] {r.device} {r.artifact}: {r.error}", soft_wrap=True, highlight=False)
+    _write_json(json_path, {"command": "bench", "results": [r.to_json() for r in results]})
+    if any(r.status != "ok" for r in results):
+        sys.exit(5)
+
+
+@cli.command()
+@click.option("--no-probe", is_flag=True, help="Only list the profiles; do not try to reach them.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the profiles (and what answered) here.")
+def devices(no_probe, json_path):
+    """List device profiles (shipped, $EDGEKIT_DEVICES, ./devices) and whether each answers now."""
+    from edgekit.devices.profiles import list_profiles, open_device
+
+    t = Table(title="edgekit devices", title_justify="left")
+    for col in ("device", "transport", "address", "runner", "answers", "description"):
+        t.add_column(col, overflow="fold")
+    rows = []
+    for p in list_profiles():
+        answer = "-"
+        if not no_probe:
+            try:
+                with open_device(p) as dev:
+                    info = dev.info()
+                answer = f"[green]yes[/] ({info.arch})"
+            except EdgekitError as exc:
+                answer = f"[red]no[/]: {str(exc)[:70]}"
+        address = {"ssh": f"{p.user + '@' if p.user else ''}{p.host}{':' + str(p.port) if p.port else ''}",
+                   "adb": p.serial or "(only device)", "local": "-"}[p.transport]
+        t.add_row(p.name, p.transport, address, p.runner, answer, p.description)
+        rows.append({**p.to_dict(), "answers": answer})
+    OUT.print(t)
+    _write_json(json_path, {"command": "devices", "devices": rows})
+
+
+@cli.command()
+@click.option("-d", "--device", default="local", show_default=True, help="Profile name, .toml, ssh://… or adb://….")
+@click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model binary to check for.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the checks here.")
+def doctor(device, benchmark_binary, json_path):
+    """Check what DEVICE lacks for `edgekit bench`, with the command that fixes each gap."""
+    from edgekit.doctor import diagnose, healthy
+
+    profile, checks = diagnose(device, benchmark_binary)
+    t = Table(title=f"edgekit doctor: {profile.name} ({profile.transport}, {profile.runner} runner)", title_justify="left")
+    for col in ("check", "", "detail", "fix"):
+        t.add_column(col, overflow="fold")
+    for c in checks:
+        t.add_row(c.name, "[green]✓[/]" if c.ok else "[red]✗[/]", c.detail, c.fix)
+    OUT.print(t)
+    _write_json(json_path, {"command": "doctor", "device": profile.to_dict(), "checks": [c.to_json() for c in checks]})
+    if not healthy(checks):
+        sys.exit(5)
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:

@@ -49,3 +49,17 @@ class ArtifactError(EdgekitError):
 
 class RuntimeMissing(EdgekitError):
     """No interpreter for the artifact's format is installed."""
+
+
+class DeviceError(EdgekitError):
+    """A device cannot be reached, refused a step, or lacks something the run needs."""
+
+    exit_code = 5
+
+
+class DeviceTimeout(DeviceError):
+    """A device stopped answering within a step's time limit."""
+
+
+class DeviceBusy(DeviceError):
+    """Another edgekit bench holds the device's lock."""

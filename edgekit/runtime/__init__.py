@@ -71,6 +71,10 @@ class Model:
         return [tuple(i["source_shape"]) for i in self.inputs]
 
     def __call__(self, *arrays: np.ndarray, input_layout: str | None = None) -> list[np.ndarray]:
+        return self.decode(self.backend.run(self.encode(*arrays, input_layout=input_layout)))
+
+    def encode(self, *arrays: np.ndarray, input_layout: str | None = None) -> list[np.ndarray]:
+        """Float inputs -> what the interpreter takes (layout, dtype, quantization)."""
         if len(arrays) != len(self.inputs):
             raise UsageError(f"the model takes {len(self.inputs)} input(s), got {len(arrays)}")
         feed = []
@@ -83,7 +87,10 @@ class Model:
                 raise UsageError(f"input {spec['name']!r} has shape {tuple(x.shape)}, the artifact takes {tuple(spec['shape'])} ({spec.get('layout') or 'no layout'})")
             q = spec.get("quantization")
             feed.append(quantize(x, spec["dtype"], q["scale"], q["zero_point"]) if q else x.astype(spec["dtype"]))
-        outs = self.backend.run(feed)
+        return feed
+
+    def decode(self, outs: list[np.ndarray]) -> list[np.ndarray]:
+        """The interpreter's outputs -> float arrays in the PyTorch model's layout."""
         result = []
         for spec, y in zip(self.outputs, outs):
             q = spec.get("quantization")
