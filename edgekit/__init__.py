@@ -16,12 +16,19 @@ _LAZY = {
     "list_targets": ("edgekit.targets", "list_targets"),
     "Target": ("edgekit.targets", "Target"),
     "EdgekitError": ("edgekit.errors", "EdgekitError"),
+    "bench": ("edgekit.measure", "bench"),
+    "bench_many": ("edgekit.measure", "bench_many"),
+    "BenchResult": ("edgekit.measure", "BenchResult"),
 }
 
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name in ("sources", "runtime", "devices", "datasets", "calibration", "targets"):
+        import importlib
+
+        return importlib.import_module(f"edgekit.{name}")
     if name in _LAZY:
         import importlib
 

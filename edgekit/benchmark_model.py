@@ -21,7 +21,7 @@ from edgekit.errors import DeviceError
 _NUM = r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)"
 _NEW = re.compile(rf"Inference timings in us: Init: {_NUM}, First inference: {_NUM}, Warmup \(avg\): {_NUM}, Inference \(avg\): {_NUM}")
 _OLD = re.compile(rf"Average inference timings in us: Warmup: {_NUM}, Init: {_NUM}, (?:no stats|Inference): {_NUM}")
-_COUNT = re.compile(rf"count=(\d+)(?: first={_NUM})?(?: curr={_NUM})?(?: min={_NUM})?(?: max={_NUM})?(?: avg={_NUM})?(?: std={_NUM})?"
+_COUNT = re.compile(rf"count=(\d+)(?: first={_NUM})? curr={_NUM}(?: min={_NUM})?(?: max={_NUM})?(?: avg={_NUM})?(?: std={_NUM})?"
                     rf"(?: p5={_NUM})?(?: median={_NUM})?(?: p95={_NUM})?")
 _PEAK = re.compile(rf"(?:Peak memory footprint|Memory footprint delta from the start of the tool) \(MB\): init={_NUM} overall={_NUM}")
 _PEAK_MON = re.compile(rf"Overall peak memory footprint \(MB\) via periodic monitoring: {_NUM}")

@@ -199,7 +199,7 @@ def _ms(v) -> str:
 @click.option("--json", "json_path", type=click.Path(), help="Write every result, raw samples included, here.")
 def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, runner, benchmark_binary, timeout_s, json_path):
     """Measure ARTIFACT (folders from `edgekit convert`, or .tflite/.onnx files) on devices."""
-    from edgekit.bench import BenchOptions, bench_many
+    from edgekit.measure import BenchOptions, bench_many
 
     opts = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, cooldown_s=cooldown_s,
                         timeout_s=timeout_s, benchmark_binary=benchmark_binary, runner=runner)

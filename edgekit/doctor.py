@@ -72,7 +72,7 @@ def _reach_fix(p: DeviceProfile) -> str:
 def _python_checks(dev, profile: DeviceProfile, remote: str) -> list[Check]:
     import json
 
-    from edgekit.bench import PythonRunner
+    from edgekit.measure import PythonRunner
     from edgekit.runner import build_zipapp
 
     python = PythonRunner().python(dev, profile)

@@ -2,6 +2,8 @@
 # Build, once, a cached aarch64 Debian userland that the integration tests use as an ARM "board".
 #
 # Usage: scripts/setup-arm64-rootfs.sh [DIR]        (default DIR: /var/cache/edgekit-tests/arm64-rootfs)
+#        scripts/setup-arm64-rootfs.sh --packages-only   (only the Debian packages and binfmt: what a
+#                                                        loopback sshd board without the rootfs needs)
 #
 # What is real: Debian bookworm arm64 binaries (debootstrap --arch=arm64), the rootfs's own python3,
 # and the aarch64 wheels of numpy and ai-edge-litert (the on-device runtime, see requirements-runtime.txt).
@@ -15,6 +17,8 @@
 # Environment: EDGEKIT_DEBIAN_MIRROR overrides the Debian mirror (default: the one apt uses here).
 set -euo pipefail
 
+PACKAGES_ONLY=0
+if [ "${1:-}" = --packages-only ]; then PACKAGES_ONLY=1; shift; fi
 DIR="${1:-/var/cache/edgekit-tests/arm64-rootfs}"
 DIR="${DIR%/}"
 SUITE=bookworm
@@ -91,6 +95,7 @@ cached() { [ -f "$DIR/$MARKER" ] && [ "$(cat "$DIR/$MARKER")" = "$RECIPE" ]; }
 
 ensure_packages
 ensure_binfmt
+[ "$PACKAGES_ONLY" = 1 ] && exit 0
 
 # sshd's ChrootDirectory wants every path component root-owned and not group/world-writable.
 PARENT="$(dirname "$DIR")"

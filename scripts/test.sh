@@ -13,6 +13,11 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   fi
 fi
 
+# Device doubles for the bench integration tests: the real adb client, a real sshd, and an
+# aarch64 Debian userland under qemu-user (built once, ~4 min, then cached).
+bash scripts/setup-adb.sh
+bash scripts/setup-arm64-rootfs.sh
+
 # torch first, pinned, so nothing resolves to a multi-GB CUDA build.
 python3 -m pip install -q "torch==2.13.0"
 python3 -m pip install -q -e ".[test]"

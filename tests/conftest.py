@@ -1,4 +1,6 @@
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,3 +52,97 @@ def run_cli(*args, cwd=None, env=None):
     e.update(env or {})
     e["COLUMNS"] = "200"
     return subprocess.run([sys.executable, "-m", "edgekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=e, timeout=600)
+
+
+# ---------------------------------------------------------------- device doubles (shared)
+
+REPO = HERE.parent
+SETUP = REPO / "scripts" / "setup-arm64-rootfs.sh"
+ROOTFS = Path(os.environ.get("EDGEKIT_ARM64_ROOTFS", "/var/cache/edgekit-tests/arm64-rootfs"))
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def _run_setup(*args: str) -> None:
+    """Run the (idempotent) setup script; fail loudly, or skip locally when it cannot run at all."""
+    if os.geteuid() != 0:
+        reason = f"{SETUP.name} needs root (apt-get, binfmt_misc, debootstrap, chroot) and sshd needs root"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    result = subprocess.run([str(SETUP), *args], capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        pytest.fail(f"{SETUP.name} {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+@pytest.fixture(scope="session")
+def ssh_packages() -> None:
+    """openssh-server/-client on this host (no rootfs build)."""
+    _run_setup("--packages-only")
+
+
+@pytest.fixture(scope="session")
+def arm64_rootfs(ssh_packages) -> Path:
+    """The cached aarch64 userland with numpy and ai-edge-litert (built on first use)."""
+    _run_setup(str(ROOTFS))
+    return ROOTFS
+
+
+
+from doubles.adbd import EMULATOR_PORTS, AdbdDouble  # noqa: E402
+
+
+def _free_port() -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in EMULATOR_PORTS:
+            return port
+
+
+class Adb:
+    """The real adb client, bound to a private adb server."""
+
+    def __init__(self, port: int, home: Path):
+        self.port = port
+        # A private HOME (adb keys) and TMPDIR (server log), so nothing is shared with other runs.
+        self.env = dict(os.environ, HOME=str(home), TMPDIR=str(home))
+        self.env.pop("ANDROID_SERIAL", None)
+
+    def argv(self, *args: str) -> list[str]:
+        return ["adb", "-P", str(self.port), *args]
+
+    def __call__(self, *args: str, timeout: float = 30, check: bool = True,
+                 **kwargs) -> subprocess.CompletedProcess:
+        if "input" not in kwargs:
+            kwargs["stdin"] = subprocess.DEVNULL
+        result = subprocess.run(self.argv(*args), env=self.env, capture_output=True, text=True,
+                                timeout=timeout, **kwargs)
+        if check and result.returncode != 0:
+            raise AssertionError(f"adb {' '.join(args)} failed ({result.returncode}): "
+                                 f"{result.stdout}{result.stderr}")
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def connect(self, dev: AdbdDouble) -> None:
+        out = self("connect", dev.serial).stdout
+        assert f"connected to {dev.serial}" in out, out
+        self("-s", dev.serial, "wait-for-device", timeout=15)
+
+    def disconnect(self, dev: AdbdDouble) -> None:
+        self("disconnect", dev.serial, check=False, timeout=15)
+
+
+@pytest.fixture(scope="session")
+def adb(tmp_path_factory):
+    client = Adb(_free_port(), tmp_path_factory.mktemp("adb-home"))
+    client("start-server", timeout=30)
+    try:
+        yield client
+    finally:
+        client("kill-server", check=False, timeout=15)
+
+

@@ -2,8 +2,10 @@
 
 One device is chosen by serial; with none given there must be exactly one in the `device`
 state. Network serials (host:port) are `adb connect`ed first. Commands go through `adb shell`
-quoted for the device's sh; exit codes come from the shell v2 protocol, or from a marker on
-devices too old for it. Every adb call has a timeout.
+quoted for the device's sh, and their exit code comes from a marker echoed after them: when the
+device (or its adbd) dies mid-command the adb client still exits 0 (the shell stream just ends
+without an exit packet), so a command whose marker never arrived means a lost device. Every adb
+call has a timeout.
 """
 
 from __future__ import annotations
@@ -83,8 +85,6 @@ class AdbDevice(Device):
     def __init__(self, name: str, serial: str, workdir: str, timeout_s: float):
         super().__init__(name, workdir, timeout_s)
         self.serial = serial
-        features = _adb(["-s", serial, "features"], 30).stdout.decode("utf-8", "replace")
-        self.shell_v2 = "shell_v2" in features.split()
 
     @classmethod
     def connect(cls, profile: DeviceProfile) -> "AdbDevice":
@@ -108,7 +108,7 @@ class AdbDevice(Device):
     def run(self, argv: Sequence[str], timeout_s: float | None = None, env: dict[str, str] | None = None) -> CommandResult:
         if env:
             argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
-        cmd = quote(argv) if self.shell_v2 else f"{quote(argv)}; echo {_MARK}$?"
+        cmd = f"{quote(argv)}; echo {_MARK}$?"
         t0 = time.monotonic()
         try:
             p = self._call(["shell", cmd], timeout_s)
@@ -116,16 +116,11 @@ class AdbDevice(Device):
             raise DeviceTimeout(f"{self.name}: `{argv[0]}` did not finish within {self.timeout_s if timeout_s is None else timeout_s:g} s",
                                 "the device may be hung or gone; check `adb devices`") from None
         out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-        code = p.returncode
-        if not self.shell_v2:
-            m = re.search(rf"{_MARK}(\d+)\s*$", out)
-            if m is None:
-                raise self._lost(p) or DeviceError(f"lost adb device {self.serial} during `{argv[0]}`")
-            code, out = int(m[1]), out[: m.start()]
-        else:
-            lost = self._lost(p)
-            if lost:
-                raise lost
+        m = re.search(rf"{_MARK}(\d+)\s*$", out)
+        if m is None:
+            raise self._lost(p) or DeviceError(f"lost adb device {self.serial} during `{argv[0]}` (no exit status came back)",
+                                               "check the cable and `adb devices`")
+        code, out = int(m[1]), out[: m.start()]
         return CommandResult(list(map(str, argv)), code, out, err, time.monotonic() - t0)
 
     def push(self, local: Path, remote: str, timeout_s: float | None = None) -> None:

@@ -56,6 +56,11 @@ class DeviceInfo:
                 "model": self.model, "cpu_count": self.cpu_count, **self.extra}
 
 
+# Lock tokens this process could not release because the device went away mid-run: when the
+# device comes back, such a lock is known to be dead even though this process still lives.
+_ABANDONED: set[str] = set()
+
+
 def quote(argv: Sequence[str]) -> str:
     """A command line for a POSIX remote shell; every argument quoted."""
     return shlex.join(str(a) for a in argv)
@@ -117,6 +122,9 @@ class Device(ABC):
             if r.ok:
                 self.run(["sh", "-c", 'echo "$1" > "$2/token"; date +%s > "$2/since"', "sh", token, lock], 30)
                 return token
+            if not self.run(["test", "-d", lock], 30).ok:  # mkdir failed for another reason than the lock
+                raise DeviceError(f"{self.name}: cannot create {lock}: {(r.stderr or r.stdout).strip()[:200] or 'mkdir failed'}",
+                                  "set workdir to a writable folder with free space")
             if self._lock_is_stale(lock):
                 self.run(["rm", "-rf", "--", lock], 30)
                 continue
@@ -127,7 +135,10 @@ class Device(ABC):
 
     def _lock_is_stale(self, lock: str) -> bool:
         """Its holder was this machine's process that no longer runs, or it is older than any bench."""
-        holder = self.run(["cat", f"{lock}/token"], 30).stdout.split()
+        text = self.run(["cat", f"{lock}/token"], 30).stdout.strip()
+        if text in _ABANDONED:
+            return True
+        holder = text.split()
         if len(holder) == 3 and holder[0] == socket.gethostname() and holder[1].isdigit():
             try:
                 os.kill(int(holder[1]), 0)
@@ -163,4 +174,7 @@ class Device(ABC):
                 if token:
                     self.release_lock(token)
             except DeviceError:
-                pass  # the device is gone: nothing more can be cleaned now; the next run's lock check recovers
+                # the device is gone: nothing more can be cleaned now; the next session on it
+                # takes over the dead lock and removes the leftover run folder
+                if token:
+                    _ABANDONED.add(token)

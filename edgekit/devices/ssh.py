@@ -104,6 +104,8 @@ class SshDevice(Device):
                     time.sleep(0.01)
             code = chan.recv_exit_status()
             chan.close()
+            if code == -1:  # paramiko's mark for a channel that closed without an exit status
+                raise self._lost(EOFError("the session ended without an exit status"))
         except (DeviceError, DeviceTimeout):
             raise
         except (OSError, EOFError, socket.timeout) as exc:

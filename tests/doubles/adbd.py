@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import os
 import shlex
 import signal
@@ -52,6 +53,7 @@ MAX_PAYLOAD = 256 * 1024
 SYNC_DATA_MAX = 64 * 1024
 HEADER = struct.Struct("<6I")
 EMULATOR_PORTS = range(5555, 5586)  # the adb server scans these as local emulators
+TRACE = bool(os.environ.get("ADBD_DOUBLE_TRACE"))  # log every packet on stderr
 TAG_VAR = "ADBD_DOUBLE_TAG"  # marks the commands a daemon started, to sweep them after a SIGKILL
 # shell protocol v2 packet ids
 SH_STDIN, SH_STDOUT, SH_STDERR, SH_EXIT, SH_CLOSE_STDIN, SH_WINDOW = range(6)
@@ -87,10 +89,23 @@ class Stream:
 
     # -- called by the service --
     def read_some(self) -> bytes:
-        """Next chunk the host wrote (b"" once closed); acknowledges it with OKAY."""
+        """What the host wrote next (b"" once closed)."""
         if self._buffer:
             data, self._buffer = bytes(self._buffer), bytearray()
             return data
+        return self._next_packet()
+
+    def read_exact(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            chunk = self._next_packet()
+            if not chunk:
+                raise StreamClosed()
+            self._buffer += chunk
+        data, self._buffer = bytes(self._buffer[:n]), self._buffer[n:]
+        return data
+
+    def _next_packet(self) -> bytes:
+        """The payload of the next WRTE (b"" once closed), acknowledged with OKAY."""
         with self._cond:
             while not self._inbox and not self.closed:
                 self._cond.wait()
@@ -98,15 +113,6 @@ class Stream:
                 return b""
             data = self._inbox.popleft()
         self.conn.send(A_OKAY, self.local_id, self.remote_id)
-        return data
-
-    def read_exact(self, n: int) -> bytes:
-        while len(self._buffer) < n:
-            chunk = self.read_some()
-            if not chunk:
-                raise StreamClosed()
-            self._buffer += chunk
-        data, self._buffer = bytes(self._buffer[:n]), self._buffer[n:]
         return data
 
     def write(self, data: bytes) -> None:
@@ -147,6 +153,8 @@ class Connection:
         self._send_lock = threading.Lock()
 
     def send(self, command: int, arg0: int, arg1: int, data: bytes = b"") -> None:
+        if TRACE:
+            _trace(">", command, arg0, arg1, data)
         header = HEADER.pack(command, arg0, arg1, len(data), sum(data) & 0xFFFFFFFF,
                              command ^ 0xFFFFFFFF)
         try:
@@ -174,7 +182,10 @@ class Connection:
                 command, arg0, arg1, length, _check, magic = HEADER.unpack(self._recv_exact(24))
                 if magic != command ^ 0xFFFFFFFF:
                     raise ConnectionError("bad packet magic")
-                self.handle(command, arg0, arg1, self._recv_exact(length) if length else b"")
+                data = self._recv_exact(length) if length else b""
+                if TRACE:
+                    _trace("<", command, arg0, arg1, data)
+                self.handle(command, arg0, arg1, data)
         except (OSError, ConnectionError):
             pass
         finally:
@@ -214,6 +225,8 @@ class Connection:
                 return
             if command == A_OKAY:
                 stream.acknowledged()
+            elif command == A_WRTE and not data:
+                self.send(A_OKAY, stream.local_id, stream.remote_id)
             elif command == A_WRTE:
                 stream.deliver(data)
             else:
@@ -304,10 +317,17 @@ class Device:
 
     def run_command(self, stream: Stream, command: str, shell_v2: bool) -> None:
         proc = self.spawn(command, merge_stderr=not shell_v2)
-        stream.on_close.append(lambda: self.kill(proc))
+        # The host closing the stream (client gone, device disconnected) kills the command's
+        # process group; once the command has finished, what it left in the background lives
+        # on, as on a phone.
+        def stop() -> None:
+            if proc.returncode is None:
+                self.kill(proc)
+
+        stream.on_close.append(stop)
         try:
             if stream.closed:  # closed before the callback was registered
-                self.kill(proc)
+                stop()
             pumps = [threading.Thread(target=self._pump_output, daemon=True,
                                       args=(stream, proc.stdout, SH_STDOUT if shell_v2 else None))]
             if shell_v2:
@@ -457,6 +477,12 @@ class Device:
         stream.write(struct.pack("<4sI", b"DONE", 0))
 
 
+def _trace(direction: str, command: int, arg0: int, arg1: int, data: bytes) -> None:
+    name = struct.pack("<I", command).decode("ascii", "replace")
+    print(f"{time.monotonic():.3f} {direction} {name} {arg0} {arg1} {len(data)} {data[:40]!r}",
+          file=sys.stderr, flush=True)
+
+
 def _sync_fail(stream: Stream, message: str) -> None:
     data = message.encode()
     stream.write(struct.pack("<4sI", b"FAIL", len(data)) + data)
@@ -498,12 +524,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default=uuid.uuid4().hex,
                         help=f"value of {TAG_VAR} in the environment of commands")
     args = parser.parse_args(argv)
+    if args.port in EMULATOR_PORTS:
+        parser.error("ports 5555-5585 are probed by the adb server as emulators")
 
     own_tools = None if args.tools_dir else tempfile.TemporaryDirectory(prefix="adbd-double-")
     tools_dir = Path(args.tools_dir or own_tools.name)
     device = Device(args.model, args.abi, args.sdk, args.manufacturer, tools_dir, args.tag)
     server = listen(args.port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
     print(f"LISTENING {server.getsockname()[1]}", flush=True)
     try:
         while True:
@@ -551,7 +580,7 @@ class AdbdDouble:
         reader.join(timeout)
         line = result[0].decode() if result else ""
         if not line.startswith("LISTENING "):
-            self.kill()
+            self.stop()
             raise RuntimeError(f"adbd double did not start: {line!r} {self.log()}")
         return int(line.split()[1])
 

@@ -1,4 +1,4 @@
-"""edgekit.bench: measure artifacts where they will run.
+"""edgekit.bench (this module: edgekit.measure): measure artifacts where they will run.
 
 Protocol: push the artifact and a runner to a fresh folder on the device (under its lock), load
 (init time), one first inference, warm-up runs, then N timed runs (or a minimum duration); every
