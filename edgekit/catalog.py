@@ -35,3 +35,26 @@ def toml_catalogue(kind: str, env_var: str | None = None) -> dict[str, Path]:
         for p in sorted(d.glob("*.toml")):
             found[p.stem] = p
     return found
+
+
+def read_toml(path: Path, error: type[Exception], what: str) -> dict:
+    """A catalogue entry as a dict (its `name` defaults to the file stem); `error` on bad TOML."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}", "fix the TOML syntax") from None
+    data.setdefault("name", Path(path).stem)
+    return data
+
+
+def build(cls, data: dict, where: str, error: type[Exception]):
+    """cls(**data) for a dataclass, naming unknown fields instead of a TypeError."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise error(f"{where}: unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(sorted(names - {'source'}))}")
+    return cls(**data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -222,6 +223,20 @@ def _tail(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+_DUMPSYS_TEMP = re.compile(r"Temperature\{mValue=([-0-9.]+), mType=(\d+)")
+
+
+def parse_dumpsys_thermal(text: str) -> float | None:
+    """Hottest CPU sensor (mType=0) in Android's `dumpsys thermalservice`, from the HAL's current
+    readings when present (the cached ones lag); any sensor when no CPU one is listed."""
+    section = text.split("Current temperatures from HAL:", 1)[1].split("Current cooling devices", 1)[0] \
+        if "Current temperatures from HAL:" in text else text
+    readings = [(float(v), int(t)) for v, t in _DUMPSYS_TEMP.findall(section)]
+    cpu = [v for v, t in readings if t == 0]
+    pick = cpu or [v for v, _ in readings]
+    return max(pick) if pick else None
+
+
 def _shell_thermal(device: Device) -> dict:
     r = device.sh(THERMAL_SCRIPT, 30)
     out: dict = {"temp_c": None, "freq_mhz": None}
@@ -231,6 +246,10 @@ def _shell_thermal(device: Device) -> dict:
             out["temp_c"] = round(int(parts[1]) / 1000.0, 1)
         if parts[:1] == ["freq"] and len(parts) == 3 and parts[2] != "0":
             out["freq_mhz"] = round(int(parts[1]) / int(parts[2]) / 1000.0, 1)
+    if out["temp_c"] is None and device.transport == "adb":  # thermal zones are often unreadable on phones
+        d = device.run(["dumpsys", "thermalservice"], 30)
+        if d.ok:
+            out["temp_c"] = parse_dumpsys_thermal(d.stdout)
     return out
 
 

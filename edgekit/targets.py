@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekit.catalog import data_dirs, toml_catalogue
+from edgekit.catalog import build, data_dirs, read_toml, toml_catalogue
 from edgekit.errors import TargetError
 
 FORMATS = ("onnx", "tflite")
@@ -82,14 +81,7 @@ def search_dirs() -> list[Path]:
 
 
 def _build(cls, data: dict, where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise TargetError(f"{where}: unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(sorted(names))}")
-    try:
-        return cls(**data)
-    except TypeError as exc:  # pragma: no cover - dataclass signature errors
-        raise TargetError(f"{where}: {exc}") from None
+    return build(cls, data, where, TargetError)
 
 
 def parse_target(data: dict, source: str) -> Target:
@@ -131,12 +123,7 @@ def _check(t: Target) -> None:
 
 
 def _read(path: Path) -> Target:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise TargetError(f"cannot read target file {path}: {exc}", "fix the TOML syntax") from None
-    data.setdefault("name", path.stem)
-    return parse_target(data, str(path))
+    return parse_target(read_toml(path, TargetError, "target file"), str(path))
 
 
 def _catalogue() -> dict[str, Path]:

@@ -214,3 +214,19 @@ def test_cli_devices_and_doctor(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     p = run_cli("bench", "x", "--device", "pixle")
     assert "did you mean 'pixel'" in p.stderr or "artifact not found" in p.stderr
+
+
+def test_android_dumpsys_thermal_parser():
+    from edgekit.measure import parse_dumpsys_thermal
+
+    assert parse_dumpsys_thermal((DATA / "dumpsys_thermalservice.txt").read_text()) == 41.0  # current HAL, hottest CPU
+    assert parse_dumpsys_thermal("Thermal Status: 0\n\tTemperature{mValue=31.5, mType=3, mName=SKIN, mStatus=0}\n") == 31.5
+    assert parse_dumpsys_thermal("no sensors") is None
+
+
+def test_thermal_warnings():
+    from edgekit.measure import _thermal_warnings
+
+    assert _thermal_warnings({"temp_c": 40.0, "freq_mhz": 2000.0}, {"temp_c": 41.0, "freq_mhz": 1990.0}) == []
+    w = _thermal_warnings({"temp_c": 40.0, "freq_mhz": 2000.0}, {"temp_c": 52.0, "freq_mhz": 1500.0})
+    assert len(w) == 2 and "throttling" in w[0] and "1500" in w[1]

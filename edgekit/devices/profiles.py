@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgekit.catalog import toml_catalogue
+from edgekit.catalog import build, read_toml, toml_catalogue
 from edgekit.errors import UsageError
 
 TRANSPORTS = ("local", "ssh", "adb")
@@ -53,16 +52,8 @@ def _check(p: DeviceProfile) -> DeviceProfile:
 
 
 def _read(path: Path) -> DeviceProfile:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"cannot read device profile {path}: {exc}", "fix the TOML syntax") from None
-    data.setdefault("name", path.stem)
-    names = {f.name for f in dataclasses.fields(DeviceProfile)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UsageError(f"{path}: unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(sorted(names - {'source'}))}")
-    return _check(DeviceProfile(**data, source=str(path)))
+    data = read_toml(path, UsageError, "device profile")
+    return _check(build(DeviceProfile, {**data, "source": str(path)}, str(path), UsageError))
 
 
 def list_profiles() -> list[DeviceProfile]:
