@@ -131,3 +131,16 @@ def test_device_killed_mid_run_fails_fast_and_next_run_is_clean(server, art):
         assert r.status == "ok"
         server.disconnect(again)
     assert list(Path(WORKDIR).iterdir()) == []
+
+
+def test_unauthorized_device_is_a_clear_error(server):
+    with AdbdDouble(unauthorized=True) as dev:
+        server("connect", dev.serial, check=False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "unauthorized" not in server("devices").stdout:
+            time.sleep(0.2)
+        with pytest.raises(DeviceError, match="unauthorized.*Allow USB debugging"):
+            open_device(profile(dev.serial))
+        with pytest.raises(DeviceError, match="unauthorized"):
+            open_device(profile(""))  # the only device, but not usable
+        server.disconnect(dev)

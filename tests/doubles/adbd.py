@@ -46,6 +46,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+AUTH_TOKEN, AUTH_SIGNATURE, AUTH_RSAPUBLICKEY = 1, 2, 3
 A_CNXN, A_AUTH, A_OPEN, A_OKAY, A_CLSE, A_WRTE = (
     struct.unpack("<I", c)[0] for c in (b"CNXN", b"AUTH", b"OPEN", b"OKAY", b"CLSE", b"WRTE"))
 A_VERSION = 0x01000001
@@ -199,6 +200,12 @@ class Connection:
             s.close(notify_host=False)
 
     def handle(self, command: int, arg0: int, arg1: int, data: bytes) -> None:
+        if self.device.unauthorized and command in (A_CNXN, A_AUTH):
+            # A phone whose user never taps "Allow USB debugging": every signature is refused with
+            # a new token, and the public key the host then offers is never accepted.
+            if command == A_CNXN or arg0 == AUTH_SIGNATURE:
+                self.send(A_AUTH, AUTH_TOKEN, 0, os.urandom(20))
+            return
         if command in (A_CNXN, A_AUTH):  # (re)connect; any AUTH reply is accepted
             if command == A_CNXN:
                 self.max_payload = min(MAX_PAYLOAD, arg1 or MAX_PAYLOAD)
@@ -246,7 +253,8 @@ class Device:
     """The simulated phone: its properties, its fake tools, and its services."""
 
     def __init__(self, model: str, abi: str, sdk: str, manufacturer: str, tools_dir: Path,
-                 tag: str):
+                 tag: str, unauthorized: bool = False):
+        self.unauthorized = unauthorized
         self.props = {
             "ro.product.model": model,
             "ro.product.name": model.lower().replace(" ", "_"),
@@ -523,13 +531,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools-dir", help="where to write the fake Android tools")
     parser.add_argument("--tag", default=uuid.uuid4().hex,
                         help=f"value of {TAG_VAR} in the environment of commands")
+    parser.add_argument("--unauthorized", action="store_true",
+                        help="demand AUTH and never accept the host's key (adb devices: unauthorized)")
     args = parser.parse_args(argv)
     if args.port in EMULATOR_PORTS:
         parser.error("ports 5555-5585 are probed by the adb server as emulators")
 
     own_tools = None if args.tools_dir else tempfile.TemporaryDirectory(prefix="adbd-double-")
     tools_dir = Path(args.tools_dir or own_tools.name)
-    device = Device(args.model, args.abi, args.sdk, args.manufacturer, tools_dir, args.tag)
+    device = Device(args.model, args.abi, args.sdk, args.manufacturer, tools_dir, args.tag, args.unauthorized)
     server = listen(args.port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
@@ -559,13 +569,15 @@ class AdbdDouble:
     """
 
     def __init__(self, model: str = "Pixel 7", abi: str = "arm64-v8a", sdk: str = "34",
-                 manufacturer: str = "Google", start_timeout: float = 10.0):
+                 manufacturer: str = "Google", start_timeout: float = 10.0, unauthorized: bool = False):
         self._tmp = tempfile.TemporaryDirectory(prefix="adbd-double-")
         self.tag = uuid.uuid4().hex
         self.log_path = Path(self._tmp.name) / "adbd.log"
         cmd = [sys.executable, __file__, "--port", "0", "--serial-model", model, "--abi", abi,
                "--sdk", sdk, "--manufacturer", manufacturer,
                "--tools-dir", str(Path(self._tmp.name) / "bin"), "--tag", self.tag]
+        if unauthorized:
+            cmd.append("--unauthorized")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
                                             stdin=subprocess.DEVNULL)
