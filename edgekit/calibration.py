@@ -31,6 +31,7 @@ class CalibrationData:
     labels: np.ndarray | None = None
     synthetic: bool = False  # random data: fine for float targets' smoke checks, not for int8 ranges
     notes: list[str] = field(default_factory=list)
+    classes: list[str] | None = None  # class names, when the source has them
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -105,7 +106,30 @@ def _read_images(folder: Path, files: list[Path], spec: dict) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
+def _read_class_folders(folder: Path, input_names: Sequence[str], spec_name: str | None) -> CalibrationData | None:
+    """folder/<class name>/*.png: images labelled by their folder, classes in sorted order."""
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()))
+    if not classes:
+        return None
+    if spec_name is None:
+        raise CalibrationError(f"{folder} holds class folders of images but no preprocessing spec was given",
+                               f"pass --calib-spec NAME (one of: {', '.join(list_specs())}) or a .toml path")
+    spec = load_spec(spec_name)
+    files, labels = [], []
+    for i, d in enumerate(classes):
+        imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += imgs
+        labels += [i] * len(imgs)
+    data = CalibrationData(f"{folder} ({Path(spec['_path']).stem})", {input_names[0]: _read_images(folder, files, spec)},
+                           np.asarray(labels, np.int64))
+    data.classes = [d.name for d in classes]
+    return data
+
+
 def _read_folder(folder: Path, input_names: Sequence[str], spec_name: str | None) -> CalibrationData:
+    by_class = _read_class_folders(folder, input_names, spec_name)
+    if by_class is not None:
+        return by_class
     files = sorted(p for p in folder.iterdir() if p.is_file())
     npys = [p for p in files if p.suffix == ".npy"]
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -127,13 +151,15 @@ def _read_folder(folder: Path, input_names: Sequence[str], spec_name: str | None
     raise CalibrationError(f"no .npy files or images in {folder}", "put one .npy per sample, or images with --calib-spec")
 
 
-def _read_npz(path: Path, input_names: Sequence[str]) -> CalibrationData:
+def _read_npz(path: Path, input_names: Sequence[str], labels_key: str | None = None) -> CalibrationData:
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except Exception as exc:
         raise CalibrationError(f"cannot read {path}: {exc}", "give an .npz written by numpy.savez") from None
-    labels = next((data.pop(k) for k in LABEL_KEYS if k in data), None)
+    if labels_key is not None and labels_key not in data:
+        raise CalibrationError(f"{path} has no array {labels_key!r} for the labels", f"its arrays: {', '.join(sorted(data))}")
+    labels = data.pop(labels_key) if labels_key else next((data.pop(k) for k in LABEL_KEYS if k in data), None)
     if set(input_names) <= set(data):
         arrays = {n: data[n] for n in input_names}
     elif len(input_names) == 1 and len(data) == 1:
@@ -156,7 +182,8 @@ def _dataset(name: str, spec: dict, input_names: Sequence[str], split: str) -> C
 
 def load_calibration(source: str | Path | np.ndarray | CalibrationData, input_names: Sequence[str],
                      input_shapes: Sequence[Sequence[int]], split: str = "train",
-                     spec_name: str | None = None, seed: int = 0, random_samples: int = 256) -> CalibrationData:
+                     spec_name: str | None = None, seed: int = 0, random_samples: int = 256,
+                     labels_key: str | None = None) -> CalibrationData:
     """Read a calibration source and check it against the model's inputs."""
     if isinstance(source, CalibrationData):
         data = source
@@ -183,7 +210,7 @@ def load_calibration(source: str | Path | np.ndarray | CalibrationData, input_na
         elif p.suffix == ".npz":
             if not p.is_file():
                 raise CalibrationError(f"calibration file not found: {p}", "check the path")
-            data = _read_npz(p, input_names)
+            data = _read_npz(p, input_names, labels_key)
         elif str(source) in list_specs() and "dataset" in load_spec(str(source)):
             data = _dataset(str(source), load_spec(str(source)), input_names, split)
         else:

@@ -242,6 +242,42 @@ def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, ru
         sys.exit(5)
 
 
+@cli.command("eval")
+@click.argument("artifact")
+@click.option("--data", required=True, metavar="SRC", help="Labelled data: .npz (inputs + labels), class-named image folders, digits, fashion-mnist.")
+@click.option("--labels-key", metavar="KEY", help="Name of the labels array in the .npz. [default: y, labels, label or targets]")
+@click.option("--data-spec", metavar="NAME", help="Preprocessing spec for image folders (calibration/*.toml).")
+@click.option("-d", "--device", help="Produce the outputs on this device (profile, ssh://…, adb://…). [default: this host]")
+@click.option("--reference", metavar="MODEL", help="PyTorch model to compare with (file.py:factory, .pt, .pt2).")
+@click.option("--weights", type=click.Path(), help="State dict for the reference factory.")
+@click.option("--samples", type=click.IntRange(1), help="Use only the first N samples.")
+@click.option("--threads", type=click.IntRange(0), help="Interpreter threads.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the result here.")
+def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, samples, threads, json_path):
+    """Task accuracy of ARTIFACT on labelled data, on this host or on a device."""
+    from rich.progress import BarColumn, Progress, TimeRemainingColumn
+
+    from edgekit.evaluate import evaluate
+
+    with Progress("[bold]eval[/]", BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(), console=ERR, transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+        res = evaluate(artifact, data, labels_key=labels_key, data_spec=data_spec, device=device, reference=reference,
+                       reference_weights=weights, threads=threads, samples=samples,
+                       progress=lambda done, total: bar.update(task, completed=done, total=total))
+    t = Table(title=f"edgekit eval: {res.target} on {res.device} ({res.samples} samples of {res.data})", title_justify="left")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    labels = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "reference_accuracy": "reference top-1 accuracy",
+              "top1_agreement": "top-1 agreement with reference", "mean_kl": "mean KL(ref || artifact)",
+              "sqnr_db": "SQNR dB", "cosine": "cosine", "max_abs_error": "max abs error"}
+    for key, label in labels.items():
+        v = res.metrics.get(key)
+        if v is not None:
+            t.add_row(label, f"{v:.2%}" if key in ("top1", "top5", "reference_accuracy", "top1_agreement") else f"{v:.4g}")
+    OUT.print(t)
+    _write_json(json_path, {"command": "eval", **res.to_json()})
+
+
 @cli.command()
 @click.option("--no-probe", is_flag=True, help="Only list the profiles; do not try to reach them.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the profiles (and what answered) here.")

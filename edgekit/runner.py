@@ -115,6 +115,27 @@ def check_runtimes() -> dict:
     return found
 
 
+def run_eval(artifact: str, inputs: str, outputs: str, threads: int | None) -> int:
+    """Outputs of the artifact on the device, for `edgekit eval --device`: compared on the host."""
+    try:
+        import numpy as np
+
+        from edgekit.runtime import Model
+
+        model = Model(artifact, num_threads=threads)
+        with np.load(inputs, allow_pickle=False) as z:
+            arrays = [z[i["name"]] for i in model.inputs]
+        t0 = time.perf_counter()
+        outs = model.run_batch(*arrays)
+        np.savez(outputs, **{f"output_{k}": o for k, o in enumerate(outs)})
+    except Exception as exc:  # noqa: BLE001 - reported to the host as data
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}", "available": check_runtimes()}))
+        return 4
+    print(json.dumps({"ok": True, "seconds": time.perf_counter() - t0, "machine": platform.machine(),
+                      "runtime": getattr(model.backend, "runtime_name", "")}))
+    return 0
+
+
 PAYLOAD = ("__init__.py", "errors.py", "runner.py", "runtime/__init__.py", "runtime/backends.py")
 
 
@@ -138,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seconds", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--check", action="store_true", help="report the interpreters available, then exit")
+    ap.add_argument("--eval", nargs=2, metavar=("INPUTS_NPZ", "OUTPUTS_NPZ"),
+                    help="run every sample of INPUTS_NPZ (arrays named like the artifact's inputs) and save the outputs")
     args = ap.parse_args(argv)
     if args.check:
         print(json.dumps(check_runtimes()))
         return 0
+    if args.eval:
+        return run_eval(args.artifact, args.eval[0], args.eval[1], args.threads or None)
     if not args.artifact:
         ap.error("--artifact is required")
     try:

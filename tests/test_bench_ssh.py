@@ -138,3 +138,10 @@ def test_aarch64_board_runs_the_artifact_correctly(arm64_rootfs, art, tmp_path_f
             assert (board_out.argmax(1) == host_out.argmax(1)).all()
             r = bench(art, prof, runs=3, warmup=0)  # the bench protocol end to end on aarch64
             assert r.status == "ok" and r.device_info["machine"] == "aarch64" and len(r.samples_ms) == 3
+            from edgekit.evaluate import evaluate  # edgekit eval: outputs made on the board, scored here
+
+            on_board = evaluate(art, "digits", samples=16, device=prof, reference="edgekit.examples.digits:build")
+            on_host = evaluate(art, "digits", samples=16, reference="edgekit.examples.digits:build")
+            assert on_board.device_info["machine"] == "aarch64"
+            assert on_board.metrics["top1"] == on_host.metrics["top1"]
+            assert on_board.metrics["top1_agreement"] == on_host.metrics["top1_agreement"]

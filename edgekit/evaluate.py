@@ -1,0 +1,141 @@
+"""edgekit eval: task accuracy of an artifact on labeled data, on the host or on a device.
+
+On a device the outputs are produced there (edgekit's runtime, pushed with the artifact and the
+inputs) and compared here, so on-device numeric differences show. Against a reference PyTorch
+model: top-1 agreement, mean KL divergence of the softmax, SQNR and cosine.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgekit.artifact import Artifact
+from edgekit.calibration import CalibrationData, load_calibration
+from edgekit.errors import DeviceError, UsageError
+from edgekit.validate import compare, is_classifier
+
+ProgressFn = Callable[[int, int], None]  # (samples done, total)
+
+
+@dataclass
+class EvalResult:
+    artifact: str
+    target: str
+    device: str
+    data: str
+    samples: int
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    device_info: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL(p_ref || p_artifact) over samples, in nats."""
+    p, q = softmax(ref_logits.astype(np.float64)), softmax(logits.astype(np.float64))
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+
+
+def task_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    return {"top1": float(np.mean(logits.argmax(1) == labels)),
+            "top5": float(np.mean((top5 == labels[:, None]).any(1))) if logits.shape[1] > 5 else None}
+
+
+def _host_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], threads: int | None,
+                  batch: int, progress: ProgressFn | None) -> list[np.ndarray]:
+    from edgekit.runtime import Model
+
+    model = Model(art.path, num_threads=threads)
+    n, chunks = len(data), []
+    for i in range(0, n, batch):
+        chunks.append(model.run_batch(*(data.arrays[k][i:i + batch] for k in names)))
+        if progress:
+            progress(min(i + batch, n), n)
+    return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+
+def _device_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], device, threads: int | None,
+                    progress: ProgressFn | None) -> tuple[list[np.ndarray], dict]:
+    from edgekit.devices.profiles import open_device, resolve
+    from edgekit.measure import PythonRunner
+    from edgekit.runner import build_zipapp
+
+    profile = resolve(device)
+    with tempfile.TemporaryDirectory() as tmp, open_device(profile) as dev:
+        tmp = Path(tmp)
+        np.savez(tmp / "inputs.npz", **{k: data.arrays[k] for k in names})
+        build_zipapp(tmp / "edgekit-runner.pyz")
+        with dev.session() as remote:
+            dev.push(tmp / "edgekit-runner.pyz", f"{remote}/edgekit-runner.pyz")
+            dev.run(["mkdir", "-p", f"{remote}/artifact"], 30).check("creating the artifact folder")
+            dev.push(art.path / "manifest.json", f"{remote}/artifact/manifest.json")
+            dev.push(art.model_path, f"{remote}/artifact/{art.model_path.name}")
+            dev.push(tmp / "inputs.npz", f"{remote}/inputs.npz")
+            argv = [PythonRunner().python(dev, profile), f"{remote}/edgekit-runner.pyz", "--artifact", f"{remote}/artifact",
+                    "--threads", str(threads or profile.threads or 0), "--eval", f"{remote}/inputs.npz", f"{remote}/outputs.npz"]
+            r = dev.run(argv, max(profile.timeout_s * 5, 600))
+            lines = r.stdout.strip().splitlines()
+            report = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"ok": False, "error": (r.stderr or r.stdout)[-300:]}
+            if not report.get("ok"):
+                raise DeviceError(f"eval on {dev.name} failed: {report.get('error')}", f"run `edgekit doctor --device {profile.name}`")
+            dev.pull(f"{remote}/outputs.npz", tmp / "outputs.npz")
+        with np.load(tmp / "outputs.npz") as z:
+            outs = [z[f"output_{k}"] for k in range(len(z.files))]
+    if progress:
+        progress(len(data), len(data))
+    return outs, {"device": profile.name, "machine": report.get("machine"), "runtime": report.get("runtime"),
+                  "device_seconds": report.get("seconds")}
+
+
+def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels_key: str | None = None,
+             data_spec: str | None = None, device=None, reference=None, reference_weights: str | Path | None = None,
+             threads: int | None = None, samples: int | None = None, batch: int = 256,
+             progress: ProgressFn | None = None) -> EvalResult:
+    art = Artifact.load(artifact)
+    names = [i["name"] for i in art.manifest["inputs"]]
+    shapes = [i["source_shape"] for i in art.manifest["inputs"]]
+    ds = load_calibration(data, names, shapes, split="test", spec_name=data_spec, labels_key=labels_key)
+    if samples:
+        ds = ds.take(slice(0, samples))
+    t0 = time.perf_counter()
+    info: dict = {}
+    if device is None or device == "host":
+        outs = _host_outputs(art, ds, names, threads, batch, progress)
+        where = "host"
+    else:
+        outs, info = _device_outputs(art, ds, names, device, threads, progress)
+        where = info["device"]
+    res = EvalResult(str(artifact), art.target, where, ds.source, len(ds), seconds=time.perf_counter() - t0, device_info=info)
+    logits = outs[0]
+    if ds.labels is not None and is_classifier(logits):
+        res.metrics.update(task_metrics(logits, ds.labels))
+    if reference is not None:
+        from edgekit.pipeline import _reference
+        from edgekit.sources import load_model
+
+        spec = load_model(reference, [tuple(s) for s in shapes], reference_weights)
+        ref = _reference(spec, ds)
+        cmp = compare(ref, outs, ds.labels)
+        res.metrics.update({k: v for k, v in cmp.items() if k != "samples"})
+        if is_classifier(ref[0]):
+            res.metrics["mean_kl"] = mean_kl(ref[0], logits)
+    if not res.metrics:
+        raise UsageError(f"{ds.source} has no labels and no --reference was given: nothing to score",
+                         "give labelled data (an .npz with y, class folders, digits) or --reference MODEL")
+    return res
