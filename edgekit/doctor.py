@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,13 +71,10 @@ def _reach_fix(p: DeviceProfile) -> str:
 def _python_checks(dev, profile: DeviceProfile, remote: str) -> list[Check]:
     import json
 
-    from edgekit.measure import PythonRunner
-    from edgekit.runner import build_zipapp
+    from edgekit.measure import PythonRunner, push_runner
 
     python = PythonRunner().python(dev, profile)
-    with tempfile.TemporaryDirectory() as tmp:
-        dev.push(build_zipapp(Path(tmp) / "edgekit-runner.pyz"), f"{remote}/edgekit-runner.pyz")
-    r = dev.run([python, f"{remote}/edgekit-runner.pyz", "--check"], 120)
+    r = dev.run([python, push_runner(dev, remote), "--check"], 120)
     if not r.ok:
         return [Check("python", False, f"{python}: {(r.stderr or r.stdout).strip()[-160:] or 'not found'}",
                       f"install Python 3.8+ on the device, or set python = \"/path/to/python3\" in {profile.source or 'the profile'}")]

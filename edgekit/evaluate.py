@@ -73,21 +73,17 @@ def _host_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], th
 def _device_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], device, threads: int | None,
                     progress: ProgressFn | None) -> tuple[list[np.ndarray], dict]:
     from edgekit.devices.profiles import open_device, resolve
-    from edgekit.measure import PythonRunner
-    from edgekit.runner import build_zipapp
+    from edgekit.measure import PythonRunner, push_artifact, push_runner
 
     profile = resolve(device)
     with tempfile.TemporaryDirectory() as tmp, open_device(profile) as dev:
         tmp = Path(tmp)
         np.savez(tmp / "inputs.npz", **{k: data.arrays[k] for k in names})
-        build_zipapp(tmp / "edgekit-runner.pyz")
         with dev.session() as remote:
-            dev.push(tmp / "edgekit-runner.pyz", f"{remote}/edgekit-runner.pyz")
-            dev.run(["mkdir", "-p", f"{remote}/artifact"], 30).check("creating the artifact folder")
-            dev.push(art.path / "manifest.json", f"{remote}/artifact/manifest.json")
-            dev.push(art.model_path, f"{remote}/artifact/{art.model_path.name}")
+            pyz = push_runner(dev, remote)
+            target = push_artifact(dev, remote, art.model_path, art.manifest)
             dev.push(tmp / "inputs.npz", f"{remote}/inputs.npz")
-            argv = [PythonRunner().python(dev, profile), f"{remote}/edgekit-runner.pyz", "--artifact", f"{remote}/artifact",
+            argv = [PythonRunner().python(dev, profile), pyz, "--artifact", target,
                     "--threads", str(threads or profile.threads or 0), "--eval", f"{remote}/inputs.npz", f"{remote}/outputs.npz"]
             r = dev.run(argv, max(profile.timeout_s * 5, 600))
             lines = r.stdout.strip().splitlines()

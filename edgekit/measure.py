@@ -112,6 +112,28 @@ def _artifact_files(path: Path) -> tuple[Path, dict | None]:
     return path, None
 
 
+def push_runner(device: Device, remote: str) -> str:
+    """Put the runner zipapp in the remote folder; returns its remote path."""
+    from edgekit.runner import build_zipapp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = f"{remote}/edgekit-runner.pyz"
+        device.push(build_zipapp(Path(tmp) / "edgekit-runner.pyz"), target)
+    return target
+
+
+def push_artifact(device: Device, remote: str, model: Path, manifest: dict | None) -> str:
+    """Put an artifact (folder: manifest + model) or a bare model file in the remote folder."""
+    if manifest is None:
+        device.push(model, f"{remote}/{model.name}")
+        return f"{remote}/{model.name}"
+    target = f"{remote}/artifact"
+    device.run(["mkdir", "-p", target], 30).check("creating the artifact folder")
+    device.push(model.parent / "manifest.json", f"{target}/manifest.json")
+    device.push(model, f"{target}/{model.name}")
+    return target
+
+
 class PythonRunner:
     """edgekit's own minimal runtime, pushed as one zipapp with the artifact."""
 
@@ -124,21 +146,11 @@ class PythonRunner:
 
     def bench(self, device: Device, profile: DeviceProfile, model: Path, manifest: dict | None,
               opts: BenchOptions, threads: int | None, timeout_s: float) -> BenchResult:
-        from edgekit.runner import build_zipapp
-
         res = BenchResult(str(model.parent if manifest else model), device.name, runner=self.name)
-        with tempfile.TemporaryDirectory() as tmp, device.session() as remote:
-            pyz = build_zipapp(Path(tmp) / "edgekit-runner.pyz")
-            device.push(pyz, f"{remote}/edgekit-runner.pyz")
-            if manifest is not None:
-                target = f"{remote}/artifact"
-                device.run(["mkdir", "-p", target], 30).check("creating the artifact folder")
-                device.push(model.parent / "manifest.json", f"{target}/manifest.json")
-                device.push(model, f"{target}/{model.name}")
-            else:
-                target = f"{remote}/{model.name}"
-                device.push(model, target)
-            argv = [self.python(device, profile), f"{remote}/edgekit-runner.pyz", "--artifact", target,
+        with device.session() as remote:
+            pyz = push_runner(device, remote)
+            target = push_artifact(device, remote, model, manifest)
+            argv = [self.python(device, profile), pyz, "--artifact", target,
                     "--warmup", str(opts.warmup), "--runs", str(opts.runs), "--min-seconds", str(opts.min_seconds),
                     "--threads", str(threads or 0)]
             if profile.cpu_mask:

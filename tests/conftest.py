@@ -39,6 +39,14 @@ def fashion_calib(fashion, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def digits_int8(tmp_path_factory):
+    """The bundled model as a tflite-int8 artifact, in a folder whose path has a space."""
+    import edgekit
+
+    return edgekit.convert(target="tflite-int8", out_dir=tmp_path_factory.mktemp("shared-art") / "digits int8").path
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import edgekit
 from edgekit.measure import bench
 from edgekit.devices.profiles import DeviceProfile, open_device
 from edgekit.errors import DeviceError, UsageError
@@ -21,9 +20,9 @@ DATA = Path(__file__).parent / "data" / "benchmark_model"
 WORKDIR = "/tmp/edgekit adb 'phone' test"
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return edgekit.convert(target="tflite-int8", out_dir=tmp_path_factory.mktemp("adb-art") / "art").path
+@pytest.fixture
+def art(digits_int8):
+    return digits_int8
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edgekit
 from edgekit import runtime
 from edgekit.measure import bench
 from edgekit.devices.profiles import DeviceProfile, open_device
@@ -23,9 +22,9 @@ from doubles.sshd import SshdDouble
 WORKDIR = "/tmp/edgekit ssh 'board' test"
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return edgekit.convert(target="tflite-int8", out_dir=tmp_path_factory.mktemp("ssh-art") / "a b").path
+@pytest.fixture
+def art(digits_int8):
+    return digits_int8
 
 
 @pytest.fixture

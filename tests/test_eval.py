@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-import edgekit
 from edgekit.datasets import digits
 from edgekit.errors import CalibrationError, UsageError
 from edgekit.evaluate import evaluate, mean_kl
@@ -13,9 +12,9 @@ from edgekit.evaluate import evaluate, mean_kl
 from conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return edgekit.convert(target="tflite-int8", out_dir=tmp_path_factory.mktemp("eval") / "int8").path
+@pytest.fixture
+def art(digits_int8):
+    return digits_int8
 
 
 def test_host_eval_against_the_reference(art):
