@@ -112,7 +112,7 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
     try:
         results = convert_many(spec, targets, out_dir=out, out_root=out_dir, calibration=calib, calib_samples=calib_samples,
                                calib_method=calib_method, calib_spec=calib_spec, validation=val_data, val_samples=val_samples,
-                               channels_last=channels_last, progress=progress)
+                               channels_last=channels_last, progress=progress, lint_report=_print_lint)
     finally:
         progress.stop()
     if len(results) == 1 and results[0].error is not None:
@@ -133,6 +133,12 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
     if failed:
         raise ValidationFailed("validation failed for " + ", ".join(f"{r.target} ({'; '.join(r.artifact.validation['reasons'])})" for r in failed),
                                "see the artifact's manifest.json; try another target or calibration method")
+
+
+def _print_lint(findings: dict[str, list[str]]) -> None:
+    for target, items in findings.items():
+        for f in items:
+            ERR.print(f"[yellow]lint[/] {target}: {f}", soft_wrap=True, highlight=False)
 
 
 def _convert_table(results, param_bytes: int) -> None:

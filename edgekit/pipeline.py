@@ -142,6 +142,9 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
     dest = Path(out_dir) if out_dir else default_dest(spec, tgt)
     Staging.check(dest)
     calib, val = _resolve_data(spec, [tgt], calibration, calib_spec, calib_samples, val_samples, warnings, validation)
+    from edgekit.lint import lint
+
+    warnings.extend(str(f) for f in lint(spec, tgt))
     return _convert_one(spec, tgt, calib, val, dest, channels_last, progress, warnings)
 
 
@@ -248,12 +251,13 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
                  calib_samples: int = 200, val_samples: int = 200, calib_method: str | None = None,
                  calib_spec: str | None = None, channels_last: bool = False,
                  input_shapes=None, weights=None, trust_pickle: bool = False, validation=None,
-                 progress=None) -> list[ConvertResult]:
+                 progress=None, lint_report=None) -> list[ConvertResult]:
     """Several targets over one loaded model and one checked dataset.
 
     Bad input (model, target names, calibration data, output folders) raises before any conversion;
     after that each target becomes a ConvertResult, a failing one included, and the others go on.
-    `progress(target, stage, event, seconds)` is called around every stage.
+    `progress(target, stage, event, seconds)` is called around every stage; `lint_report({target:
+    [finding, ...]})` once, before any conversion, with the pre-conversion lint's findings.
     """
     spec = model if isinstance(model, ModelSpec) else load_model(model, input_shapes, weights, trust_pickle)
     if out_dir and len(targets) > 1:
@@ -264,9 +268,15 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         Staging.check(d)
     shared: list[str] = []
     calib, val = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared, validation)
+    from edgekit.lint import lint
+
+    findings = {t.name: [str(f) for f in lint(spec, t)] for t in tgts}
+    if lint_report:
+        lint_report({k: v for k, v in findings.items() if v})
     results = []
     for tgt, dest in zip(tgts, dests):
-        res = ConvertResult(tgt.name, warnings=[w for w in shared if "calibrat" not in w or tgt.quant.needs_calibration])
+        res = ConvertResult(tgt.name, warnings=[w for w in shared if "calibrat" not in w or tgt.quant.needs_calibration]
+                            + findings[tgt.name])
         cb = (lambda s, e, sec, _n=tgt.name: progress(_n, s, e, sec)) if progress else None
         try:
             res.artifact = _convert_one(spec, tgt, calib, val, dest, channels_last, cb, res.warnings)
