@@ -69,16 +69,16 @@ def _reach_fix(p: DeviceProfile) -> str:
 
 
 def _python_checks(dev, profile: DeviceProfile, remote: str) -> list[Check]:
-    import json
-
-    from edgekit.measure import PythonRunner, push_runner
+    from edgekit.measure import PythonRunner, push_runner, runner_report
 
     python = PythonRunner().python(dev, profile)
     r = dev.run([python, push_runner(dev, remote), "--check"], 120)
     if not r.ok:
         return [Check("python", False, f"{python}: {(r.stderr or r.stdout).strip()[-160:] or 'not found'}",
                       f"install Python 3.8+ on the device, or set python = \"/path/to/python3\" in {profile.source or 'the profile'}")]
-    found = json.loads(r.stdout.strip().splitlines()[-1])
+    found = runner_report(r.stdout)
+    if found is None:
+        return [Check("python", False, f"{python}: the runner printed no report: {r.stdout.strip()[-160:]}", "check that this python runs Python 3.8+ on the device")]
     out = [Check("python", True, f"{python} {found['python']} ({found['machine']})")]
     pip = f"{python} -m pip install"
     out.append(Check("numpy", bool(found.get("numpy")), found.get("numpy") or "missing", "" if found.get("numpy") else f"{pip} numpy"))

@@ -7,7 +7,6 @@ model: top-1 agreement, mean KL divergence of the softmax, SQNR and cosine.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,7 +72,7 @@ def _host_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], th
 def _device_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], device, threads: int | None,
                     progress: ProgressFn | None) -> tuple[list[np.ndarray], dict]:
     from edgekit.devices.profiles import open_device, resolve
-    from edgekit.measure import PythonRunner, push_artifact, push_runner
+    from edgekit.measure import PythonRunner, push_artifact, push_runner, runner_report
 
     profile = resolve(device)
     with tempfile.TemporaryDirectory() as tmp, open_device(profile) as dev:
@@ -86,8 +85,7 @@ def _device_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], 
             argv = [PythonRunner().python(dev, profile), pyz, "--artifact", target,
                     "--threads", str(threads or profile.threads or 0), "--eval", f"{remote}/inputs.npz", f"{remote}/outputs.npz"]
             r = dev.run(argv, max(profile.timeout_s * 5, 600))
-            lines = r.stdout.strip().splitlines()
-            report = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"ok": False, "error": (r.stderr or r.stdout)[-300:]}
+            report = runner_report(r.stdout) or {"ok": False, "error": (r.stderr or r.stdout)[-300:]}
             if not report.get("ok"):
                 raise DeviceError(f"eval on {dev.name} failed: {report.get('error')}", f"run `edgekit doctor --device {profile.name}`")
             dev.pull(f"{remote}/outputs.npz", tmp / "outputs.npz")
@@ -122,11 +120,10 @@ def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels
     if ds.labels is not None and is_classifier(logits):
         res.metrics.update(task_metrics(logits, ds.labels))
     if reference is not None:
-        from edgekit.pipeline import _reference
         from edgekit.sources import load_model
 
         spec = load_model(reference, [tuple(s) for s in shapes], reference_weights)
-        ref = _reference(spec, ds)
+        ref = spec.outputs_for(ds)
         cmp = compare(ref, outs, ds.labels)
         res.metrics.update({k: v for k, v in cmp.items() if k != "samples"})
         if is_classifier(ref[0]):

@@ -156,7 +156,7 @@ class PythonRunner:
             if profile.cpu_mask:
                 argv = ["taskset", profile.cpu_mask, *argv]
             r = device.run(argv, timeout_s)
-        data = _last_json(r.stdout)
+        data = runner_report(r.stdout)
         if data is None:
             raise DeviceError(f"the runner on {device.name} failed (exit {r.exit_code}): {_tail(r.stderr or r.stdout)}",
                               f"run `edgekit doctor --device {profile.name}`")
@@ -219,7 +219,8 @@ class BenchmarkModelRunner:
 RUNNERS = {"python": PythonRunner, "benchmark_model": BenchmarkModelRunner}
 
 
-def _last_json(text: str) -> dict | None:
+def runner_report(text: str) -> dict | None:
+    """The JSON object the device-side runner prints last, or None."""
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):

@@ -52,12 +52,6 @@ class ConvertResult:
                 "artifact": self.artifact.to_json()}
 
 
-def _reference(spec: ModelSpec, data: CalibrationData) -> list[np.ndarray]:
-    b = spec.example_inputs[0].shape[0]
-    chunks = [spec.reference_outputs(*(torch.from_numpy(s[n]) for n in spec.input_names)) for s in data.samples(b)]
-    return [np.concatenate([c[k].numpy() for c in chunks]) for k in range(len(chunks[0]))]
-
-
 def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list[dict], list[dict]]:
     from edgekit.export.onnx import output_names
 
@@ -74,8 +68,10 @@ def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list
 
 
 def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib_spec, calib_samples, val_samples,
-                  warnings: list[str], validation=None) -> tuple[CalibrationData | None, CalibrationData]:
-    """(calibration samples, held-out validation samples), read and checked once for every target."""
+                  warnings: list[str], calib_warnings: list[str], validation=None) -> tuple[CalibrationData | None, CalibrationData]:
+    """(calibration samples, held-out validation samples), read and checked once for every target.
+
+    Warnings for every target go to `warnings`; those only calibrating targets need, to `calib_warnings`."""
     if validation is not None:  # the user's own validation set: calibration keeps all of --calib
         val = load_calibration(validation, spec.input_names, spec.input_shapes, spec_name=calib_spec)
         calib = None
@@ -97,7 +93,7 @@ def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib
         return None, data
     data = load_calibration(source, spec.input_names, spec.input_shapes, spec_name=calib_spec)
     if data.synthetic and needing:
-        warnings.append("calibrating on random data (--calib random): int8 ranges will not match real inputs; expect accuracy loss")
+        calib_warnings.append("calibrating on random data (--calib random): int8 ranges will not match real inputs; expect accuracy loss")
     warnings.extend(data.notes)
     if isinstance(source, str) and data.source.endswith(":train"):
         # a named dataset has a real test split: calibrate on train, validate on test
@@ -135,17 +131,17 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
     """Convert a PyTorch model to one target and validate it; returns the written Artifact.
 
     Bad input raises before any conversion starts; a failed conversion raises and leaves nothing behind.
+    `warnings`, when given, receives the run's warnings.
     """
-    spec = model if isinstance(model, ModelSpec) else load_model(model, input_shapes, weights, trust_pickle)
-    tgt = _with_calib_method(load_target(target), calib_method)
-    warnings = warnings if warnings is not None else []
-    dest = Path(out_dir) if out_dir else default_dest(spec, tgt)
-    Staging.check(dest)
-    calib, val = _resolve_data(spec, [tgt], calibration, calib_spec, calib_samples, val_samples, warnings, validation)
-    from edgekit.lint import lint
-
-    warnings.extend(str(f) for f in lint(spec, tgt))
-    return _convert_one(spec, tgt, calib, val, dest, channels_last, progress, warnings)
+    (res,) = convert_many(model, [target], calibration=calibration, out_dir=out_dir, input_shapes=input_shapes,
+                          weights=weights, calib_samples=calib_samples, val_samples=val_samples, calib_method=calib_method,
+                          calib_spec=calib_spec, channels_last=channels_last, trust_pickle=trust_pickle, validation=validation,
+                          progress=(lambda _t, stage, event, sec: progress(stage, event, sec)) if progress else None)
+    if warnings is not None:
+        warnings.extend(res.warnings)
+    if res.error is not None:
+        raise res.error
+    return res.artifact
 
 
 def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, val: CalibrationData, dest: Path,
@@ -176,7 +172,7 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
             from edgekit.runtime import Model
 
             outs = Model(staging.path).run_batch(*(val.arrays[n] for n in spec.input_names))
-            figures = compare(_reference(spec, val), outs, val.labels)
+            figures = compare(spec.outputs_for(val), outs, val.labels)
             status, reasons = verdict(figures, tgt.validation)
         manifest["validation"] = {"status": status, "reasons": reasons, "inputs": val.source, "synthetic_inputs": val.synthetic, **figures}
         manifest["stages"] = stages.timings
@@ -267,7 +263,8 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     for d in dests:
         Staging.check(d)
     shared: list[str] = []
-    calib, val = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared, validation)
+    calib_only: list[str] = []
+    calib, val = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared, calib_only, validation)
     from edgekit.lint import lint
 
     findings = {t.name: [str(f) for f in lint(spec, t)] for t in tgts}
@@ -275,8 +272,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         lint_report({k: v for k, v in findings.items() if v})
     results = []
     for tgt, dest in zip(tgts, dests):
-        res = ConvertResult(tgt.name, warnings=[w for w in shared if "calibrat" not in w or tgt.quant.needs_calibration]
-                            + findings[tgt.name])
+        res = ConvertResult(tgt.name, warnings=shared + (calib_only if tgt.quant.needs_calibration else []) + findings[tgt.name])
         cb = (lambda s, e, sec, _n=tgt.name: progress(_n, s, e, sec)) if progress else None
         try:
             res.artifact = _convert_one(spec, tgt, calib, val, dest, channels_last, cb, res.warnings)

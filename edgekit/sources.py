@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,6 +54,12 @@ class ModelSpec:
         with torch.no_grad():
             out = self.module(*(args or self.example_inputs))
         return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def outputs_for(self, data) -> list[np.ndarray]:
+        """The model's outputs on every sample of a CalibrationData, batched as the model was exported."""
+        chunks = [self.reference_outputs(*(torch.from_numpy(s[n]) for n in self.input_names))
+                  for s in data.samples(self.example_inputs[0].shape[0])]
+        return [np.concatenate([c[k].numpy() for c in chunks]) for k in range(len(chunks[0]))]
 
     def io_layouts(self) -> tuple[list[str | None], list[str | None]]:
         """Layouts of the PyTorch model's inputs and outputs (NCHW for 4-D tensors)."""
