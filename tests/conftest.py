@@ -47,6 +47,16 @@ def digits_int8(tmp_path_factory):
     return edgekit.convert(target="tflite-int8", out_dir=tmp_path_factory.mktemp("shared-art") / "digits int8").path
 
 
+def wait_until_measuring(workdir: str, timeout_s: float = 30.0) -> None:
+    """Block until a bench run has staged its artifact under `workdir`, then give the runner time to start timing."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not any(Path(workdir).glob("run.*/artifact/model.tflite")):
+        time.sleep(0.2)
+    time.sleep(2.0)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

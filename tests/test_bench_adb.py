@@ -14,6 +14,7 @@ from edgekit.measure import bench
 from edgekit.devices.profiles import DeviceProfile, open_device
 from edgekit.errors import DeviceError, UsageError
 
+from conftest import wait_until_measuring
 from doubles.adbd import AdbdDouble
 
 DATA = Path(__file__).parent / "data" / "benchmark_model"
@@ -114,10 +115,7 @@ def test_device_killed_mid_run_fails_fast_and_next_run_is_clean(server, art):
 
         th = threading.Thread(target=run)
         th.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(Path(WORKDIR).glob("run.*/artifact/model.tflite")):
-            time.sleep(0.2)
-        time.sleep(2.0)
+        wait_until_measuring(WORKDIR)
         t_kill = time.monotonic()
         dev.kill()
         th.join(40)

@@ -1,5 +1,6 @@
 """edgekit bench on the local device: protocol, statistics, cleanup, locking, faults."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -126,29 +127,29 @@ def test_unwritable_workdir(arts, tmp_path):
         bench(arts["tflite-int8"], local(tmp_path / "afile" / "sub"), runs=3)
 
 
-def test_full_remote_folder(arts, tmp_path):
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A tmpfs mounted at `path` for the test (needs root), unmounted afterwards."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_full_remote_folder(arts, tmp_path):
+    with tmpfs(tmp_path / "tiny", "size=64k") as mnt:
         with pytest.raises(DeviceError, match="No space left|cannot copy"):
             bench(arts["tflite-int8"], local(mnt), runs=3)
         assert [p.name for p in mnt.iterdir()] == []  # the partial run folder and the lock are gone
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_read_only_remote_folder(arts, tmp_path):
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mnt:
         with pytest.raises(DeviceError, match="Read-only file system"):
             bench(arts["tflite-int8"], local(mnt), runs=3)
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_step_timeout():

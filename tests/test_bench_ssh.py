@@ -17,6 +17,7 @@ from edgekit.measure import bench
 from edgekit.devices.profiles import DeviceProfile, open_device
 from edgekit.errors import DeviceError
 
+from conftest import wait_until_measuring
 from doubles.sshd import SshdDouble
 
 WORKDIR = "/tmp/edgekit ssh 'board' test"
@@ -85,10 +86,7 @@ def test_board_killed_mid_run_fails_fast_and_the_next_run_is_clean(board, art, t
 
     th = threading.Thread(target=run)
     th.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(Path(WORKDIR).glob("run.*/artifact/model.tflite")):
-        time.sleep(0.2)
-    time.sleep(2.0)  # the runner is measuring now
+    wait_until_measuring(WORKDIR)
     t_kill = time.monotonic()
     board.kill()
     th.join(30)
