@@ -93,12 +93,17 @@ class _Progress:
 @click.option("--weights", type=click.Path(), help="State dict to load into the model built by a factory.")
 @click.option("--trust-pickle", is_flag=True, help="Allow torch.load of a pickled whole model (runs code from the file).")
 @click.option("--channels-last", is_flag=True, help="TFLite: NHWC inputs/outputs for image models.")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+              help="Search per-layer int16/float moves until accuracy on --data is within POINTS of the float model (static int8 targets).")
+@click.option("--data", "budget_data", metavar="SRC", help="Labelled data the accuracy budget is measured on (.npz, class folders, digits, fashion-mnist). [default: the validation samples]")
+@click.option("--labels-key", metavar="KEY", help="Name of the labels array in the --data .npz.")
+@click.option("--budget-s", type=click.FloatRange(1), default=600, show_default=True, help="Stop the accuracy-budget search after this many seconds.")
 @click.option("--out", "out", type=click.Path(), help="Artifact folder (one target). [default: out/<model>-<target>]")
 @click.option("--out-dir", type=click.Path(), default="out", show_default=True, help="Parent folder for artifacts.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the machine-readable result here.")
 @click.pass_context
 def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, weights,
-            trust_pickle, channels_last, out, out_dir, json_path):
+            trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
     """Convert MODEL (file.py:factory, pkg.module:attr, .pt, .pt2; default: the bundled digits CNN)."""
     from edgekit.pipeline import DEFAULT_TARGET, convert_many
     from edgekit.sources import load_model, parse_shape
@@ -112,12 +117,16 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
     try:
         results = convert_many(spec, targets, out_dir=out, out_root=out_dir, calibration=calib, calib_samples=calib_samples,
                                calib_method=calib_method, calib_spec=calib_spec, validation=val_data, val_samples=val_samples,
-                               channels_last=channels_last, progress=progress, lint_report=_print_lint)
+                               channels_last=channels_last, progress=progress, lint_report=_print_lint,
+                               max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s)
     finally:
         progress.stop()
     if len(results) == 1 and results[0].error is not None:
         raise results[0].error  # one target: one line, no table
     _convert_table(results, spec.param_bytes_fp32)
+    for r in results:
+        if r.artifact is not None and "accuracy_budget" in r.artifact.manifest:
+            _print_budget(r.target, r.artifact.manifest["accuracy_budget"])
     for r in results:
         for w in r.warnings:
             ERR.print(f"[yellow]warning[/] {r.target}: {w}", soft_wrap=True, highlight=False)
@@ -130,9 +139,30 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
         for r in errors:
             ERR.print(f"[red]error[/] {r.target}: {r.error}", highlight=False)
         sys.exit(errors[0].error.exit_code)
-    if failed:
-        raise ValidationFailed("validation failed for " + ", ".join(f"{r.target} ({'; '.join(r.artifact.validation['reasons'])})" for r in failed),
+    missed = [r for r in results if r.artifact is not None and not r.artifact.manifest.get("accuracy_budget", {"met": True})["met"]]
+    problems = [f"validation failed for {r.target} ({'; '.join(r.artifact.validation['reasons'])})" for r in failed]
+    for r in missed:
+        b = r.artifact.manifest["accuracy_budget"]
+        problems.append(f"accuracy budget not met for {r.target}: {b['drop_points']:.2f} > {b['max_drop_points']} points ({b['reason']}); "
+                        f"the closest artifact is in {r.artifact.path}")
+    if problems:
+        raise ValidationFailed("; ".join(problems), "see the artifact's manifest.json; raise --budget-s or --max-accuracy-drop, "
+                               "or try another target or calibration method" if missed else
                                "see the artifact's manifest.json; try another target or calibration method")
+
+
+def _print_budget(target: str, b: dict) -> None:
+    t = Table(title=f"{target}: accuracy budget {b['max_drop_points']} points of {b['metric']} on {b['samples']} samples "
+                    f"(float model {b['reference']:.2%})", title_justify="left")
+    for col in ("step", "moved to int16 / float", b["metric"], "drop (points)", "size", "s"):
+        t.add_column(col, justify="left" if col.startswith("moved") else "right")
+    for i, st in enumerate(b["steps"]):
+        moved = ", ".join(f"{o['note'].split(':')[0]}→{o['precision']}" for o in st["moved"]) or "- (full int8)"
+        mark = " [green]✓ chosen[/]" if i == b["chosen"] else ""
+        t.add_row(f"{i}{mark}", moved, f"{st['metric']:.2%}", f"{st['drop_points']:.2f}", _kib(st["size_bytes"]), f"{st['seconds']:.1f}")
+    OUT.print(t)
+    verdict = "[green]met[/]" if b["met"] else f"[red]not met[/] ({b['reason']})"
+    OUT.print(f"budget {verdict}; re-apply these moves without searching: edgekit convert MODEL --target <this artifact folder>")
 
 
 def _print_lint(findings: dict[str, list[str]]) -> None:
@@ -284,6 +314,42 @@ def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, 
     _write_json(json_path, {"command": "eval", **res.to_json()})
 
 
+@cli.command("diagnose")
+@click.argument("artifact")
+@click.option("--data", "--calib", "data", metavar="SRC", help="Inputs to compare on (.npy, .npz, folder, digits, fashion-mnist). [default: the artifact's calibration data]")
+@click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="Samples to run.")
+@click.option("--model", metavar="MODEL", help="The float PyTorch model. [default: the source in the artifact's manifest]")
+@click.option("--weights", type=click.Path(), help="State dict for the model factory. [default: the manifest's]")
+@click.option("--data-spec", metavar="NAME", help="Preprocessing spec for image folders.")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Layers to show.")
+@click.option("--json", "json_path", type=click.Path(), help="Write every layer's figures here.")
+def diagnose_cmd(artifact, data, samples, model, weights, data_spec, top, json_path):
+    """Rank ARTIFACT's layers by the error they add against the float model, with the likely cause and the fix."""
+    from edgekit.diagnose import diagnose
+
+    with ERR.status("running the float and quantized models with every tensor kept …"):
+        d = diagnose(artifact, model=model, weights=weights, data=data, samples=samples, data_spec=data_spec)
+    t = Table(title=f"edgekit diagnose: {d.target} on {d.samples} samples (output SQNR {d.output_sqnr_db:.1f} dB, median over channels)",
+              title_justify="left")
+    for col in ("#", "layer", "ops", "now", "SQNR in→out dB", "loss dB", "added noise", "likely cause", "fix"):
+        t.add_column(col, overflow="fold", justify="right" if col in ("#", "loss dB", "added noise") else "left")
+    for i, la in enumerate(d.layers[:top], 1):
+        t.add_row(str(i), f"{la.name}\n[dim]{la.modules}[/]" if la.modules else la.name, ",".join(la.ops)[:40], la.precision,
+                  f"{la.sqnr_in_db:.1f}→{la.sqnr_out_db:.1f}", f"{la.loss_db:.1f}", f"{la.added_noise:.2e}", la.cause, la.fix_note)
+    OUT.print(t)
+    fix = d.suggestion()
+    if fix is not None:
+        OUT.print(f"suggested recipe change ({fix.note.split(':')[0]} -> {fix.precision}): add to the target's .toml\n"
+                  f"  [[quantize.overrides]]\n  layer = '{fix.layer}'\n  precision = \"{fix.precision}\"\n"
+                  f"or let edgekit search: edgekit convert MODEL --target {d.target} --max-accuracy-drop 0.5 --data VAL.npz",
+                  soft_wrap=True, highlight=False, markup=False)
+    elif d.layers and d.layers[0].fix == "per_channel":
+        OUT.print("suggested recipe change: set per_channel = true under [quantize] in the target")
+    elif d.layers:
+        OUT.print(f"no layer stands out: the worst keeps {d.layers[0].sqnr_out_db:.1f} dB with no known cause; nothing to change")
+    _write_json(json_path, {"command": "diagnose", **d.to_json()})
+
+
 @cli.command()
 @click.option("--no-probe", is_flag=True, help="Only list the profiles; do not try to reach them.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the profiles (and what answered) here.")
@@ -332,6 +398,34 @@ def doctor(device, benchmark_binary, json_path):
         sys.exit(5)
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write the self-contained HTML page (table and plots) here.")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Write the Markdown table here.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the rows as JSON here.")
+def report(paths, html_path, md_path, json_path):
+    """Report card over PATH...: artifact folders (or folders holding them) and `edgekit bench/eval --json` files.
+
+    One row per artifact and device: size, accuracy, agreement, SQNR, latency p50/p90/p99. The HTML page has the
+    table and plots (accuracy vs latency, latency distributions) inline and opens from disk. With neither --html nor
+    --markdown the page is written to report.html in the first PATH (beside it when PATH is a file).
+    """
+    from edgekit.report import COLUMNS, collect, default_output
+
+    rep = collect(paths)
+    t = Table(title="edgekit report", title_justify="left")
+    for col in COLUMNS:
+        t.add_column(col, justify="left" if col in ("model", "target", "device", "accuracy from", "artifact") else "right", overflow="fold")
+    for cells in rep.table():
+        t.add_row(*cells)
+    OUT.print(t)
+    for note in rep.notes:
+        ERR.print(f"[yellow]note[/] {note}", soft_wrap=True, highlight=False)
+    for path in rep.write(html=html_path or (None if md_path else default_output(paths[0])), markdown=md_path):
+        ERR.print(f"wrote {path}", highlight=False)
+    _write_json(json_path, {"command": "report", **rep.to_json()})
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -356,6 +450,12 @@ def main(argv: list[str] | None = None) -> None:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         ERR.print(f"[red]error:[/] internal error: {type(exc).__name__}: {first} (re-run with --debug for the traceback)", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+from edgekit.compress.commands import COMMANDS as _COMPRESS  # noqa: E402
+
+for _c in _COMPRESS:
+    cli.add_command(_c)
 
 
 if __name__ == "__main__":

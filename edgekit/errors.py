@@ -31,6 +31,10 @@ class CalibrationError(EdgekitError):
     """The calibration data is missing, empty or does not match the model's inputs."""
 
 
+class CompressionError(EdgekitError):
+    """A model cannot be compressed as asked (e.g. no layer's channels can be removed)."""
+
+
 class ConversionError(EdgekitError):
     """Export, simplification or quantization failed."""
 

@@ -23,7 +23,7 @@ from edgekit import __version__
 from edgekit._util import ProgressFn, Stages, tool_versions
 from edgekit.artifact import Artifact, Staging, sha256
 from edgekit.calibration import CalibrationData, load_calibration, split_holdout
-from edgekit.errors import CalibrationError, ConversionError, EdgekitError
+from edgekit.errors import CalibrationError, ConversionError, EdgekitError, UsageError
 from edgekit.runtime import MANIFEST, open_backend
 from edgekit.sources import ModelSpec, load_model
 from edgekit.targets import Target, load_target
@@ -106,15 +106,37 @@ def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib
     return calib, val
 
 
+def _budget(spec: ModelSpec, tgts: Sequence[Target], val: CalibrationData, max_drop: float | None, data, labels_key,
+            calib_spec, budget_s: float, warnings: list[str]):
+    if max_drop is None:
+        if data is not None:
+            raise UsageError("budget data was given without a budget", "add --max-accuracy-drop POINTS")
+        return None
+    from edgekit.budget import AccuracyBudget
+
+    bad = [t.name for t in tgts if t.quant.mode != "static" or t.quant.backend not in ("aeq", "ort")]
+    if bad:
+        raise UsageError(f"--max-accuracy-drop searches per-layer int16/float moves of static int8 targets; {', '.join(bad)} "
+                         f"{'is' if len(bad) == 1 else 'are'} not one", "use tflite-int8, tflite-int16x8 or onnx-int8")
+    if max_drop < 0:
+        raise UsageError(f"--max-accuracy-drop must be at least 0 points, not {max_drop}", "e.g. --max-accuracy-drop 0.5")
+    ds = val if data is None else load_calibration(data, spec.input_names, spec.input_shapes, split="test", spec_name=calib_spec,
+                                                    labels_key=labels_key)
+    if ds.labels is None:
+        warnings.append(f"{ds.source} has no labels: the accuracy budget is measured as top-1 agreement with the float model")
+    if len(ds) < 500:
+        warnings.append(f"the accuracy budget is measured on {len(ds)} samples: one sample is {100 / len(ds):.2f} points; "
+                        "pass --data with more labelled samples for a budget you can trust")
+    return AccuracyBudget(float(max_drop), ds, budget_s)
+
+
 def _with_calib_method(tgt: Target, method: str | None) -> Target:
     if not method or not tgt.quant.needs_calibration or method == tgt.quant.calib_method:
         return tgt
-    from edgekit.targets import parse_target
+    from edgekit.targets import target_from_dict
 
     d = tgt.to_dict()
-    return parse_target({**{k: v for k, v in d.items() if k not in ("quant", "validation", "source")},
-                         "quantize": {**d["quant"], "calib_method": method}, "validation": d["validation"]},
-                        f"{tgt.source} (--calib-method {method})")
+    return target_from_dict({**d, "quant": {**d["quant"], "calib_method": method}}, f"{tgt.source} (--calib-method {method})")
 
 
 def default_dest(spec: ModelSpec, tgt: Target, root: str | Path = "out") -> Path:
@@ -127,7 +149,9 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
             calib_samples: int = 200, val_samples: int = 200, calib_method: str | None = None,
             calib_spec: str | None = None, channels_last: bool = False, trust_pickle: bool = False,
             validation: str | Path | np.ndarray | CalibrationData | None = None,
-            progress: ProgressFn | None = None, warnings: list[str] | None = None) -> Artifact:
+            progress: ProgressFn | None = None, warnings: list[str] | None = None,
+            max_accuracy_drop: float | None = None, budget_data=None, labels_key: str | None = None,
+            budget_s: float = 600.0) -> Artifact:
     """Convert a PyTorch model to one target and validate it; returns the written Artifact.
 
     Bad input raises before any conversion starts; a failed conversion raises and leaves nothing behind.
@@ -136,7 +160,8 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
     (res,) = convert_many(model, [target], calibration=calibration, out_dir=out_dir, input_shapes=input_shapes,
                           weights=weights, calib_samples=calib_samples, val_samples=val_samples, calib_method=calib_method,
                           calib_spec=calib_spec, channels_last=channels_last, trust_pickle=trust_pickle, validation=validation,
-                          progress=(lambda _t, stage, event, sec: progress(stage, event, sec)) if progress else None)
+                          progress=(lambda _t, stage, event, sec: progress(stage, event, sec)) if progress else None,
+                          max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s)
     if warnings is not None:
         warnings.extend(res.warnings)
     if res.error is not None:
@@ -145,7 +170,7 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
 
 
 def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, val: CalibrationData, dest: Path,
-                 channels_last: bool, progress: ProgressFn | None, warnings: list[str]) -> Artifact:
+                 channels_last: bool, progress: ProgressFn | None, warnings: list[str], budget=None) -> Artifact:
     t_start = time.perf_counter()
     if channels_last and tgt.format != "tflite":
         warnings.append("--channels-last applies to TFLite only: this ONNX artifact keeps the PyTorch layout")
@@ -154,13 +179,17 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
     stages = Stages(progress)
     try:
         model_file = staging.path / f"model{tgt.extension}"
-        recipe, in_layouts, out_layouts = _build(spec, tgt, calib, channels_last, model_file, work, stages)
+        budget_report = None
+        if budget is not None:
+            recipe, in_layouts, out_layouts, tgt, budget_report = _build_within(spec, tgt, calib, channels_last, model_file, work, stages, budget)
+        else:
+            recipe, in_layouts, out_layouts = _build(spec, tgt, calib, channels_last, model_file, work, stages)
         backend = open_backend(model_file)
         inputs, outputs = _io_entries(spec, backend, in_layouts, out_layouts)
         manifest = {
             "schema": 1, "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "file": model_file.name, "format": tgt.format, "precision": tgt.precision, "target": tgt.to_dict(),
-            "model": {"source": spec.source, "name": spec.name, "num_params": spec.num_params, "param_bytes_fp32": spec.param_bytes_fp32},
+            "model": {"source": spec.source, "weights": spec.weights, "name": spec.name, "num_params": spec.num_params, "param_bytes_fp32": spec.param_bytes_fp32},
             "inputs": inputs, "outputs": outputs, "recipe": recipe,
             "calibration": ({**calib.summary(), "method": tgt.quant.calib_method} if calib is not None and tgt.quant.needs_calibration else None),
             "size_bytes": model_file.stat().st_size, "sha256": sha256(model_file),
@@ -175,6 +204,11 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
             figures = compare(spec.outputs_for(val), outs, val.labels)
             status, reasons = verdict(figures, tgt.validation)
         manifest["validation"] = {"status": status, "reasons": reasons, "inputs": val.source, "synthetic_inputs": val.synthetic, **figures}
+        if budget_report is not None:
+            manifest["accuracy_budget"] = budget_report.to_json()
+            if not budget_report.met:
+                warnings.append(f"accuracy budget not met: {budget_report.metric} drop {budget_report.to_json()['drop_points']:.2f} points "
+                                f"> {budget_report.max_drop_points} ({budget_report.reason}); kept the closest artifact")
         manifest["stages"] = stages.timings
         manifest["convert_seconds"] = round(time.perf_counter() - t_start, 3)
         manifest["warnings"] = list(warnings)
@@ -195,10 +229,18 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def _build(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, channels_last: bool,
-           model_file: Path, work: Path, stages: Stages) -> tuple[dict, list, list]:
-    """Run the format's stages; returns (recipe, input layouts, output layouts)."""
-    q = tgt.quant
+@dataclass
+class FloatModel:
+    """The float model in the target's format, as the quantizer sees it (tensor names included)."""
+
+    path: Path
+    recipe: dict
+    in_layouts: list
+    out_layouts: list
+
+
+def export_float(spec: ModelSpec, tgt: Target, channels_last: bool, work: Path, stages: Stages) -> FloatModel:
+    """Export (and for ONNX simplify, and pre-process when it will be quantized) the float model."""
     if tgt.format == "onnx":
         from edgekit.export import onnx as onnx_export
         from edgekit.quantize import onnx as onnx_quant
@@ -208,38 +250,94 @@ def _build(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, channels
             recipe = {"export": onnx_export.export(spec, raw)}
         with stages.stage("simplify"):
             recipe["simplify"] = onnx_export.simplify(raw, simple)
-        if q.mode == "none":
-            shutil.copyfile(simple, model_file)
-        else:
-            samples = list(calib.samples(spec.input_shapes[0][0])) if q.needs_calibration else None
-            with stages.stage("quantize"):
-                recipe["quantize"] = onnx_quant.quantize(simple, model_file, q, samples, work)
-        return (recipe, *spec.io_layouts())
-
+        if tgt.quant.mode not in ("none", "fp16"):
+            pre = work / "preprocessed.onnx"
+            onnx_quant.preprocess(simple, pre)
+            simple = pre
+        return FloatModel(simple, recipe, *spec.io_layouts())
     from edgekit.export import tflite as tfl_export
-    from edgekit.quantize import tflite as tfl_quant
 
     module, args, in_layouts, out_layouts = tfl_export.prepare(spec, channels_last)
-
-    def batches():
-        for s in calib.samples(spec.input_shapes[0][0]):
-            yield tuple(torch.from_numpy(s[n].transpose(0, 2, 3, 1).copy() if lay == "NHWC" else s[n])
-                        for n, lay in zip(spec.input_names, in_layouts))
-
-    if q.backend == "pt2e":
-        with stages.stage("calibrate+export"):
-            recipe = {"quantize": tfl_quant.pt2e_convert(module, args, batches(), q, model_file)}
-        return recipe, in_layouts, out_layouts
-    float_file = work / "float.tflite" if q.mode != "none" else model_file
     with stages.stage("export"):
-        recipe = {"export": tfl_export.convert(module, args, float_file)}
-    if q.mode != "none":
-        runtime_names = [t.name for t in open_backend(float_file).inputs]
-        samples = [dict(zip(spec.input_names, (t.numpy() for t in b))) for b in batches()] if q.needs_calibration else None
-        with stages.stage("calibrate+quantize" if q.needs_calibration else "quantize"):
-            recipe["quantize"] = tfl_quant.quantize_aeq(float_file, model_file, q, samples, runtime_names)
-        tfl_quant.write_recipe(recipe["quantize"]["recipe"], model_file.with_name("recipe.json"))
-    return recipe, in_layouts, out_layouts
+        recipe = {"export": tfl_export.convert(module, args, work / "float.tflite")}
+    return FloatModel(work / "float.tflite", recipe, in_layouts, out_layouts)
+
+
+def quantize_float(fm: FloatModel, spec: ModelSpec, tgt: Target, calib: CalibrationData | None, model_file: Path,
+                   work: Path, stages: Stages) -> dict:
+    """Quantize an exported float model to the target's precision; returns the recipe's quantize entry."""
+    q = tgt.quant
+    samples = calib_samples(spec, fm, calib) if q.needs_calibration else None
+    if tgt.format == "onnx":
+        from edgekit.quantize import onnx as onnx_quant
+
+        with stages.stage("quantize"):
+            return onnx_quant.quantize(fm.path, model_file, q, samples, work)
+    from edgekit.quantize import tflite as tfl_quant
+
+    runtime_names = [t.name for t in open_backend(fm.path).inputs]
+    with stages.stage("calibrate+quantize" if q.needs_calibration else "quantize"):
+        info = tfl_quant.quantize_aeq(fm.path, model_file, q, samples, runtime_names)
+    tfl_quant.write_recipe(info["recipe"], model_file.with_name("recipe.json"))
+    return info
+
+
+def calib_samples(spec: ModelSpec, fm: FloatModel, calib: CalibrationData) -> list[dict]:
+    """Calibration batches keyed by the model's input names, in the float model's layout."""
+    return [{n: (s[n].transpose(0, 2, 3, 1).copy() if lay == "NHWC" else s[n]) for n, lay in zip(spec.input_names, fm.in_layouts)}
+            for s in calib.samples(spec.input_shapes[0][0])]
+
+
+def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels_last: bool, model_file: Path,
+                  work: Path, stages: Stages, budget) -> tuple:
+    """_build under an accuracy budget (see edgekit.budget); also returns the target with its layer moves and the report."""
+    from edgekit import budget as budget_search
+    from edgekit.runtime import Model
+
+    fm = export_float(spec, tgt, channels_last, work, stages)
+    data = budget.data
+    with stages.stage("reference outputs"):
+        ref = spec.outputs_for(data)[0]
+
+    infos: list[dict] = []
+
+    def quantize(t: Target) -> np.ndarray:
+        infos.append(quantize_float(fm, spec, t, calib, model_file, work, stages))
+        inputs, outputs = _io_entries(spec, open_backend(model_file), fm.in_layouts, fm.out_layouts)
+        _write_manifest(model_file.parent, {"file": model_file.name, "format": t.format, "inputs": inputs, "outputs": outputs})
+        with stages.stage("measure"):
+            return Model(model_file.parent).run_batch(*(data.arrays[n] for n in spec.input_names))[0]
+
+    diag = calib_samples(spec, fm, calib.take(slice(0, budget_search.DIAGNOSE_SAMPLES)))
+    final, report = budget_search.search(tgt, budget, ref, tgt.format, fm.path, quantize, model_file, diag, work, stages)
+    return ({**fm.recipe, "quantize": infos[report.chosen]}, fm.in_layouts, fm.out_layouts, final, report)
+
+
+def _build(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, channels_last: bool,
+           model_file: Path, work: Path, stages: Stages) -> tuple[dict, list, list]:
+    """Run the format's stages; returns (recipe, input layouts, output layouts)."""
+    if spec.prequantized:  # a QAT graph (edgekit qat): lower its learned q/dq parameters, never re-quantize it
+        from edgekit.quantize import prequantized
+
+        return prequantized.build(spec, tgt, channels_last, model_file, stages)
+    q = tgt.quant
+    if q.backend == "pt2e":
+        from edgekit.export import tflite as tfl_export
+        from edgekit.quantize import tflite as tfl_quant
+
+        module, args, in_layouts, out_layouts = tfl_export.prepare(spec, channels_last)
+        fm = FloatModel(model_file, {}, in_layouts, out_layouts)
+        batches = (tuple(torch.from_numpy(s[n]) for n in spec.input_names) for s in calib_samples(spec, fm, calib))
+        with stages.stage("calibrate+export"):
+            recipe = {"quantize": tfl_quant.pt2e_convert(module, args, batches, q, model_file)}
+        return recipe, in_layouts, out_layouts
+    fm = export_float(spec, tgt, channels_last, work, stages)
+    recipe = dict(fm.recipe)
+    if q.mode == "none":
+        shutil.copyfile(fm.path, model_file)
+    else:
+        recipe["quantize"] = quantize_float(fm, spec, tgt, calib, model_file, work, stages)
+    return recipe, fm.in_layouts, fm.out_layouts
 
 
 def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[str | Target], *,
@@ -247,11 +345,14 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
                  calib_samples: int = 200, val_samples: int = 200, calib_method: str | None = None,
                  calib_spec: str | None = None, channels_last: bool = False,
                  input_shapes=None, weights=None, trust_pickle: bool = False, validation=None,
-                 progress=None, lint_report=None) -> list[ConvertResult]:
+                 progress=None, lint_report=None, max_accuracy_drop: float | None = None, budget_data=None,
+                 labels_key: str | None = None, budget_s: float = 600.0) -> list[ConvertResult]:
     """Several targets over one loaded model and one checked dataset.
 
     Bad input (model, target names, calibration data, output folders) raises before any conversion;
     after that each target becomes a ConvertResult, a failing one included, and the others go on.
+    With `max_accuracy_drop` (points), static int8 targets search for per-layer int16/float moves until the
+    accuracy on `budget_data` (labelled; default: the validation samples) is within budget (see edgekit.budget).
     `progress(target, stage, event, seconds)` is called around every stage; `lint_report({target:
     [finding, ...]})` once, before any conversion, with the pre-conversion lint's findings.
     """
@@ -265,6 +366,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     shared: list[str] = []
     calib_only: list[str] = []
     calib, val = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared, calib_only, validation)
+    budget = _budget(spec, tgts, val, max_accuracy_drop, budget_data, labels_key, calib_spec, budget_s, shared)
     from edgekit.lint import lint
 
     findings = {t.name: [str(f) for f in lint(spec, t)] for t in tgts}
@@ -275,7 +377,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         res = ConvertResult(tgt.name, warnings=shared + (calib_only if tgt.quant.needs_calibration else []) + findings[tgt.name])
         cb = (lambda s, e, sec, _n=tgt.name: progress(_n, s, e, sec)) if progress else None
         try:
-            res.artifact = _convert_one(spec, tgt, calib, val, dest, channels_last, cb, res.warnings)
+            res.artifact = _convert_one(spec, tgt, calib, val, dest, channels_last, cb, res.warnings, budget)
         except EdgekitError as exc:
             res.error = exc
         results.append(res)

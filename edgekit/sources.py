@@ -7,6 +7,7 @@ an nn.Module object (Python API), or nothing: the bundled digits CNN.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -32,6 +33,8 @@ class ModelSpec:
     name: str  # short name, used for artifact folder names
     source: str  # what the user gave
     default_calibration: str | None = None  # e.g. "digits" for the bundled example
+    prequantized: bool = False  # holds quantize/dequantize ops (a PT2E-quantized graph, e.g. from edgekit qat)
+    weights: str | None = None  # the state dict loaded into it, if any (absolute path)
 
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
@@ -79,7 +82,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _import_file(path: Path) -> Any:
-    name = f"_edgekit_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+    # a stable name (str hash() changes per process): litert-torch puts it in every tensor name, and
+    # per-layer recipes written in one run must match the export of the next
+    name = f"_edgekit_user_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"cannot import {path}", "give a Python file, e.g. models/net.py:build")
@@ -124,22 +129,46 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
 
 
-def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, list[str] | None]:
+def is_prequantized(module: nn.Module) -> bool:
+    """A PT2E-quantized graph: quantize/dequantize ops with their scales already in it."""
+    graph = getattr(module, "graph", None)
+    return isinstance(graph, torch.fx.Graph) and any(
+        n.op == "call_function" and getattr(n.target, "namespace", None) == "quantized_decomposed" for n in graph.nodes)
+
+
+def _recorded_data(meta: str) -> str | None:
+    """The training data an edgekit-compressed .pt2 names, when it is still there."""
+    import json
+
+    from edgekit.calibration import list_specs
+
+    try:
+        data = json.loads(meta).get("data") if meta else None
+    except (ValueError, AttributeError):
+        return None
+    return data if isinstance(data, str) and (data in list_specs() or Path(data).exists()) else None
+
+
+def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, list[str] | None, str | None]:
+    """(module, example args, input names, default calibration data) from a model file."""
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}", "check the path")
     if path.suffix == ".pt2":
+        from torch.ao.quantization.fx._decomposed import quantized_decomposed_lib  # noqa: F401  (q/dq ops of QAT graphs)
+
+        extra = {"edgekit.json": ""}  # written by edgekit.compress: the data the model was trained on
         try:
-            ep = torch.export.load(str(path))
+            ep = torch.export.load(str(path), extra_files=extra)
         except Exception as exc:
             raise ModelLoadError(f"cannot read {path} as a torch.export program: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                                  "save it with torch.export.save(torch.export.export(model, args), 'net.pt2')") from exc
         example = getattr(ep, "example_inputs", None)
         args = tuple(example[0]) if example and not example[1] else None
         names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-        return ep.module(), args, names or None
+        return ep.module(), args, names or None, _recorded_data(extra["edgekit.json"])
     if _is_torchscript(path):
         try:
-            return torch.jit.load(str(path), map_location="cpu"), None, None
+            return torch.jit.load(str(path), map_location="cpu"), None, None, None
         except Exception as exc:
             raise ModelLoadError(f"cannot read {path} as TorchScript: {type(exc).__name__}", "re-save it with torch.jit.save") from exc
     try:
@@ -152,7 +181,7 @@ def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None,
         raise ModelLoadError(f"cannot read {path} as a PyTorch model: {type(exc).__name__}: {first}",
                              "give TorchScript (.pt), torch.export (.pt2) or file.py:factory") from exc
     if isinstance(obj, nn.Module):
-        return obj, None, None
+        return obj, None, None, None
     if isinstance(obj, dict):
         raise ModelLoadError(f"{path} holds a state dict (weights only), not a model",
                              "give the architecture as file.py:factory and the weights with --weights")
@@ -194,7 +223,7 @@ def load_model(
         label = str(source)
         suffix = Path(label).suffix
         if suffix in (".pt", ".pth", ".pt2", ".ptl") and ":" not in label:
-            module, example, names = _load_file(Path(label), trust_pickle)
+            module, example, names, default_calib = _load_file(Path(label), trust_pickle)
             name = Path(label).stem
         elif ":" in label:
             obj, attr = _resolve_attr(label)
@@ -245,4 +274,5 @@ def load_model(
         raise ModelLoadError(f"the model does not run on inputs of shape {', '.join(str(tuple(t.shape)) for t in example)}: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
                              "check --input-shape") from exc
-    return ModelSpec(module, tuple(example), names, name, label, default_calib)
+    return ModelSpec(module, tuple(example), names, name, label, default_calib, prequantized=is_prequantized(module),
+                     weights=str(Path(weights).resolve()) if weights else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from edgekit.catalog import build, data_dirs, read_toml, toml_catalogue
 from edgekit.errors import TargetError
 
 FORMATS = ("onnx", "tflite")
-MODES = ("none", "fp16", "dynamic", "static")
+MODES = ("none", "fp16", "dynamic", "static", "weight_only")
+OVERRIDE_PRECISIONS = ("int16", "float")
 # Which calibration methods each quantizer backend really implements.
 CALIB_METHODS = {
     "ort": ("minmax", "entropy", "percentile", "distribution"),
@@ -25,6 +27,16 @@ CALIB_METHODS = {
     "none": (),
 }
 BACKENDS_BY_FORMAT = {"onnx": ("none", "ort"), "tflite": ("none", "aeq", "pt2e")}
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Per-layer fallback in a static-int8 target: the layers matching `layer` (a regular expression
+    over the converter's tensor names, as `edgekit diagnose` prints them) get int16 activations or stay float."""
+
+    layer: str
+    precision: str  # int16 | float
+    note: str = ""  # why (written by diagnose / the accuracy-budget search)
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ class QuantSpec:
     activation_type: str = "uint8"  # ONNX Runtime QDQ activations: uint8 | int8 | uint16 | int16
     reduce_range: str = "auto"  # ONNX Runtime: auto | true | false (auto = 7-bit weights on x86 without VNNI)
     op_types: tuple[str, ...] = ()  # ONNX Runtime: op types to quantize (empty = every supported op)
+    block_size: int = 0  # weight_only: weights quantized in blocks of this many input elements (0 = per channel)
+    overrides: tuple[LayerOverride, ...] = ()  # static: per-layer int16 / float fallback, applied in order
 
     @property
     def needs_calibration(self) -> bool:
@@ -89,6 +103,12 @@ def parse_target(data: dict, source: str) -> Target:
     qdata = dict(data.pop("quantize", {}))
     if "op_types" in qdata:
         qdata["op_types"] = tuple(qdata["op_types"])
+    if "overrides" in qdata:
+        if not isinstance(qdata["overrides"], (list, tuple)):
+            raise TargetError(f"{source}: quantize.overrides must be a list of {{layer, precision}} tables",
+                              'write [[quantize.overrides]] with layer = "..." and precision = "int16" or "float"')
+        qdata["overrides"] = tuple(o if isinstance(o, LayerOverride) else _build(LayerOverride, dict(o), f"{source} [quantize.overrides]")
+                                   for o in qdata["overrides"])
     quant = _build(QuantSpec, qdata, f"{source} [quantize]")
     thresholds = _build(Thresholds, data.pop("validation", {}), f"{source} [validation]")
     target = _build(Target, {**data, "quant": quant, "validation": thresholds, "source": source}, source)
@@ -120,6 +140,20 @@ def _check(t: Target) -> None:
         raise TargetError(f"{t.source}: quantize.op_types is an ONNX Runtime setting", "remove it or use backend = \"ort\"")
     if q.activation_type not in ("uint8", "int8", "uint16", "int16"):
         bad("quantize.activation_type", q.activation_type, ("uint8", "int8", "uint16", "int16"))
+    if q.mode == "weight_only" and (q.weight_bits not in (4, 8) or q.block_size not in (0, 16, 32, 64, 128, 256)):
+        raise TargetError(f"{t.source}: weight_only needs weight_bits 4 or 8 and block_size 0, 16, 32, 64, 128 or 256",
+                          "e.g. weight_bits = 4, block_size = 32")
+    if q.overrides and (q.mode != "static" or q.backend not in ("aeq", "ort")):
+        raise TargetError(f"{t.source}: quantize.overrides apply to static int8 targets (ai-edge-quantizer or ONNX Runtime)",
+                          "remove them, or start from tflite-int8 / onnx-int8")
+    for o in q.overrides:
+        if o.precision not in OVERRIDE_PRECISIONS:
+            bad("quantize.overrides.precision", o.precision, OVERRIDE_PRECISIONS)
+        try:
+            re.compile(o.layer)
+        except re.error as exc:
+            raise TargetError(f"{t.source}: quantize.overrides.layer {o.layer!r} is not a regular expression ({exc})",
+                              "escape special characters, or copy the pattern `edgekit diagnose` prints") from None
 
 
 def _read(path: Path) -> Target:
@@ -134,11 +168,28 @@ def list_targets() -> list[Target]:
     return [_read(p) for p in _catalogue().values()]
 
 
+def target_from_dict(d: dict, source: str) -> Target:
+    """The inverse of Target.to_dict (as kept in an artifact's manifest)."""
+    d = dict(d)
+    quant, validation = d.pop("quant", {}), d.pop("validation", {})
+    d.pop("source", None)
+    return parse_target({**d, "quantize": quant, "validation": validation}, source)
+
+
 def load_target(name_or_path: str | Path | Target) -> Target:
-    """A target by catalogue name (`tflite-int8`) or by path to a .toml file."""
+    """A target by catalogue name (`tflite-int8`), by path to a .toml file, or by artifact folder
+    (the exact target that artifact was made with, per-layer overrides included)."""
     if isinstance(name_or_path, Target):
         return name_or_path
     s = str(name_or_path)
+    if (Path(s) / "manifest.json").is_file():
+        import json
+
+        try:
+            d = json.loads((Path(s) / "manifest.json").read_text())["target"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TargetError(f"{s}/manifest.json has no readable target ({exc})", "point --target at an edgekit artifact folder") from None
+        return target_from_dict(d, f"{s}/manifest.json")
     if s.endswith(".toml"):
         p = Path(s)
         if not p.is_file():

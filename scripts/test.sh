@@ -16,6 +16,7 @@ fi
 # Device doubles for the bench integration tests: the real adb client, a real sshd, and an
 # aarch64 Debian userland under qemu-user (built once, ~4 min, then cached).
 bash scripts/setup-adb.sh
+bash scripts/setup-chromium.sh  # headless browser that renders the report card (tests/test_report.py)
 bash scripts/setup-arm64-rootfs.sh
 
 # torch first, pinned, so nothing resolves to a multi-GB CUDA build.

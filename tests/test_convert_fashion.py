@@ -49,3 +49,23 @@ def test_int8_within_one_point_of_fp32_on_the_test_split(results, fmt):
 def test_int8_tflite_size(results):
     ratio = results["tflite-int8"][0].size_bytes / results["tflite-fp32"][0].size_bytes
     assert ratio <= 0.30, ratio
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_fp16_halves_the_file(results, fmt):
+    ratio = results[f"{fmt}-fp16"][0].size_bytes / results[f"{fmt}-fp32"][0].size_bytes
+    assert ratio <= 0.55, ratio
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_int4_weights_shrink_the_dense_layers_and_keep_accuracy(results, fmt):
+    """The CNN's parameters are 85% Linear(1024, 128): int4 blocks there shrink the file well below int8's fp32 share."""
+    art, acc = results[f"{fmt}-int4"]
+    ratio = art.size_bytes / results[f"{fmt}-fp32"][0].size_bytes
+    assert ratio <= 0.40, ratio
+    assert results[f"{fmt}-fp32"][1] - acc <= 0.015, (results[f"{fmt}-fp32"][1], acc)
+    q = art.manifest["recipe"]["quantize"]
+    if fmt == "onnx":
+        assert q["matmulnbits_nodes"] == 2 and q["bits"] == 4
+    else:
+        assert q["recipe"][0]["op_config"]["weight_tensor_config"] == {"num_bits": 4, "symmetric": True, "granularity": "BLOCKWISE_32", "dtype": "INT"}

@@ -38,9 +38,37 @@ def test_user_target_file_in_working_directory(in_tmp):
     ('format = "onnx"\nprecision = "int8"\n[quantize]\nmode = "static"\nbackend = "ort"\ncalib_method = "histogram"\n', "calib_method"),
     ('format = "onnx"\nprecision = "fp32"\nspeed = "fast"\n', "unknown field"),
     ('format = "onnx"\nprecision = \n', "TOML"),
+    ('format = "tflite"\nprecision = "int8"\n[quantize]\nmode = "static"\nbackend = "aeq"\n'
+     '[[quantize.overrides]]\nlayer = "conv.*"\nprecision = "int4"\n', "overrides.precision"),
+    ('format = "tflite"\nprecision = "int8"\n[quantize]\nmode = "static"\nbackend = "aeq"\n'
+     '[[quantize.overrides]]\nlayer = "conv(["\nprecision = "float"\n', "not a regular expression"),
+    ('format = "tflite"\nprecision = "fp16"\n[quantize]\nmode = "fp16"\nbackend = "aeq"\n'
+     '[[quantize.overrides]]\nlayer = "conv"\nprecision = "float"\n', "static int8"),
+    ('format = "onnx"\nprecision = "int4"\n[quantize]\nmode = "weight_only"\nbackend = "ort"\nweight_bits = 4\nblock_size = 48\n', "block_size"),
 ])
 def test_bad_target_files_name_the_problem(in_tmp, body, match):
     p = in_tmp / "bad.toml"
     p.write_text(body)
     with pytest.raises(TargetError, match=match):
         load_target(str(p))
+
+
+def test_overrides_round_trip_through_an_artifact_folder(in_tmp):
+    import json
+
+    (in_tmp / "t.toml").write_text('format = "tflite"\nprecision = "int8"\n[quantize]\nmode = "static"\nbackend = "aeq"\n'
+                                   '[[quantize.overrides]]\nlayer = "^a;$"\nprecision = "int16"\n'
+                                   '[[quantize.overrides]]\nlayer = "^b;$"\nprecision = "float"\n')
+    t = load_target(str(in_tmp / "t.toml"))
+    assert [(o.layer, o.precision) for o in t.quant.overrides] == [("^a;$", "int16"), ("^b;$", "float")]
+    art = in_tmp / "art"
+    art.mkdir()
+    (art / "manifest.json").write_text(json.dumps({"target": t.to_dict()}))
+    again = load_target(str(art))
+    assert again.quant == t.quant
+
+    from edgekit.quantize.tflite import aeq_recipe
+
+    rules = aeq_recipe(t.quant)
+    assert [r["regex"] for r in rules] == [".*", "^a;$", "^b;$"]
+    assert rules[1]["op_config"]["activation_tensor_config"]["num_bits"] == 16 and rules[2]["algorithm_key"] == "no_quantize"

@@ -32,7 +32,7 @@ def resolve_reduce_range(setting: str) -> tuple[bool, str]:
     return False, "auto: 8-bit weights (host has VNNI or is not x86)"
 
 
-class _Reader:
+class SampleReader:
     """ONNX Runtime's CalibrationDataReader protocol: get_next() until None."""
 
     def __init__(self, samples: Iterable[dict]):
@@ -41,14 +41,82 @@ class _Reader:
     def get_next(self):
         return next(self._it, None)
 
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
+        return self._it
 
-def _preprocess(src: Path, dst: Path) -> None:
+
+def preprocess(src: Path, dst: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     except Exception:  # pre-processing is an optimisation, not a requirement
         onnx.save(onnx.load(str(src)), str(dst))
+
+
+def _gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Gemm (alpha = beta = 1, constant B) -> MatMul + Add, so MatMulNBits can take its weights: ONNX Runtime's
+    4-bit quantizer handles MatMul only, and torch exports Linear on 2-D inputs as Gemm."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    nodes, changed = [], 0
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type != "Gemm" or n.input[1] not in inits or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
+                or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(w.copy(), n.input[1]))
+        mm_out = n.output[0] + "_matmul" if len(n.input) > 2 and n.input[2] else n.output[0]
+        nodes.append(helper.make_node("MatMul", [n.input[0], n.input[1]], [mm_out], name=n.name + "_matmul"))
+        if mm_out != n.output[0]:
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=n.name + "_bias"))
+        changed += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    return changed
+
+
+def _weight_only(src: Path, dst: Path, q: QuantSpec) -> dict:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    rewritten = _gemm_to_matmul(model)
+    quantizer = MatMulNBitsQuantizer(model, bits=q.weight_bits, block_size=q.block_size or 32, is_symmetric=True)
+    quantizer.process()
+    quantized = quantizer.model.model
+    n = sum(1 for node in quantized.graph.node if node.op_type == "MatMulNBits")
+    if not n:
+        raise ConversionError("ONNX Runtime's 4-bit quantizer found no MatMul/Gemm weights to quantize in this model",
+                              "onnx-int4 packs MatMul weights only; use tflite-int4 or onnx-int8 for convolution-only models")
+    onnx.save(quantized, str(dst))
+    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer", "bits": q.weight_bits,
+            "block_size": q.block_size or 32, "symmetric": True, "gemm_rewritten_to_matmul": rewritten, "matmulnbits_nodes": n,
+            "note": "convolutions stay float: ONNX Runtime's 4-bit path covers MatMul"}
+
+
+def _overrides(src: Path, q: QuantSpec) -> tuple[list[str], list[str]]:
+    """Per-layer overrides (regexes over node names) -> (nodes kept float, output tensors made int16)."""
+    import re
+
+    if not q.overrides:
+        return [], []
+    nodes = onnx.load(str(src), load_external_data=False).graph.node
+    exclude: list[str] = []
+    wide: list[str] = []
+    for o in q.overrides:
+        for n in nodes:
+            if re.search(o.layer, n.name or ""):
+                if o.precision == "float":
+                    exclude.append(n.name)
+                else:
+                    wide += [t for t in n.output if t]
+    return exclude, [t for t in dict.fromkeys(wide)]
 
 
 def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None, work: Path) -> dict:
@@ -60,11 +128,11 @@ def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None,
 
             onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
             return {"tool": "onnxruntime.transformers.float16", "keep_io_types": True}
-        pre = work / "preprocessed.onnx"
-        _preprocess(src, pre)
+        if q.mode == "weight_only":
+            return _weight_only(src, dst, q)
         reduce_range, why = resolve_reduce_range(q.reduce_range)
         if q.mode == "dynamic":
-            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=q.per_channel, reduce_range=reduce_range,
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=q.per_channel, reduce_range=reduce_range,
                              op_types_to_quantize=list(q.op_types) or None)
             return {"tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": "int8", "op_types": list(q.op_types) or "all",
                     "per_channel": q.per_channel, "reduce_range": reduce_range, "reduce_range_reason": why}
@@ -74,11 +142,15 @@ def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None,
         extra = {"CalibTensorRangeSymmetric": False}
         if q.activation_bits == 16 or q.activation_type.endswith("16"):
             extra["UseQDQContribOps"] = True
-        quantize_static(str(pre), str(dst), _Reader(samples or []), quant_format=QuantFormat.QDQ,
+        exclude, wide = _overrides(src, q)
+        if wide:  # per-layer int16: the layers' output tensors get 16-bit Q/DQ (ONNX Runtime's mixed precision, opset 21 Q/DQ)
+            wide_type = QuantType.QUInt16 if q.activation_type.startswith("u") else QuantType.QInt16
+            extra["TensorQuantOverrides"] = {t: [{"quant_type": wide_type}] for t in wide}
+        quantize_static(str(src), str(dst), SampleReader(samples or []), quant_format=QuantFormat.QDQ,
                         per_channel=q.per_channel, reduce_range=reduce_range, activation_type=act,
                         weight_type=QuantType.QInt8, calibrate_method=methods[q.calib_method], extra_options=extra,
-                        op_types_to_quantize=list(q.op_types) or None)
-        return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": q.per_channel,
+                        op_types_to_quantize=list(q.op_types) or None, nodes_to_exclude=exclude or None)
+        return {"tool": "onnxruntime.quantization.quantize_static", "float_nodes": exclude, "int16_tensors": wide, "format": "QDQ", "per_channel": q.per_channel,
                 "op_types": list(q.op_types) or "all",
                 "activation_type": q.activation_type, "weight_type": "int8", "calib_method": q.calib_method,
                 "reduce_range": reduce_range, "reduce_range_reason": why}

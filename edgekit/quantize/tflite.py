@@ -9,8 +9,8 @@ default) keeps the true running min/max instead, through the same Calibrator wit
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -18,23 +18,39 @@ from edgekit.errors import ConversionError
 from edgekit.targets import QuantSpec
 
 
+def _weights(q: QuantSpec) -> dict:
+    granularity = f"BLOCKWISE_{q.block_size}" if q.block_size else ("CHANNELWISE" if q.per_channel else "TENSORWISE")
+    return {"num_bits": q.weight_bits, "symmetric": True, "granularity": granularity, "dtype": "INT"}
+
+
+def _static(q: QuantSpec, activation_bits: int) -> dict:
+    acts = {"num_bits": activation_bits, "symmetric": activation_bits == 16, "granularity": "TENSORWISE", "dtype": "INT"}
+    return {"activation_tensor_config": acts, "weight_tensor_config": _weights(q), "compute_precision": "INTEGER", "explicit_dequantize": False}
+
+
+def _rule(regex: str, op_config: dict | None, algorithm: str = "min_max_uniform_quantize") -> dict:
+    if op_config is None:
+        return {"regex": regex, "operation": "*", "algorithm_key": "no_quantize", "op_config": {}}
+    return {"regex": regex, "operation": "*", "algorithm_key": algorithm, "op_config": op_config}
+
+
 def aeq_recipe(q: QuantSpec) -> list[dict]:
-    """The ai-edge-quantizer recipe (serialisable data) for a target's QuantSpec."""
-    granularity = "CHANNELWISE" if q.per_channel else "TENSORWISE"
+    """The ai-edge-quantizer recipe (serialisable data) for a target's QuantSpec.
+
+    Per-layer overrides become later rules (ai-edge-quantizer lets the last matching rule win);
+    their regex matches an op's scope, i.e. its output tensor names joined by ';' plus ';'."""
     if q.mode == "fp16":
-        op_config = {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
-                     "compute_precision": "FLOAT", "explicit_dequantize": True}
-        return [{"regex": ".*", "operation": "*", "algorithm_key": "float_casting", "op_config": op_config}]
-    weights = {"num_bits": q.weight_bits, "symmetric": True, "granularity": granularity, "dtype": "INT"}
+        return [_rule(".*", {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
+                             "compute_precision": "FLOAT", "explicit_dequantize": True}, "float_casting")]
+    if q.mode == "weight_only":  # weights stored in q.weight_bits, dequantized to float before each op
+        return [_rule(".*", {"weight_tensor_config": _weights(q), "compute_precision": "FLOAT", "explicit_dequantize": True})]
     if q.mode == "dynamic":
-        op_config = {"weight_tensor_config": weights, "compute_precision": "INTEGER", "explicit_dequantize": False}
-    elif q.mode == "static":
-        acts = {"num_bits": q.activation_bits, "symmetric": q.activation_bits == 16, "granularity": "TENSORWISE", "dtype": "INT"}
-        op_config = {"activation_tensor_config": acts, "weight_tensor_config": weights,
-                     "compute_precision": "INTEGER", "explicit_dequantize": False}
-    else:
+        return [_rule(".*", {"weight_tensor_config": _weights(q), "compute_precision": "INTEGER", "explicit_dequantize": False})]
+    if q.mode != "static":
         raise ConversionError(f"ai-edge-quantizer has no mode {q.mode!r}")
-    return [{"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize", "op_config": op_config}]
+    rules = [_rule(".*", _static(q, q.activation_bits))]
+    rules += [_rule(o.layer, _static(q, 16) if o.precision == "int16" else None) for o in q.overrides]
+    return rules
 
 
 def quantize_aeq(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None, runtime_names: list[str]) -> dict:

@@ -40,3 +40,19 @@ def build():
 
 
 build.example_input_shape = example_input_shape
+
+
+def with_outlier_channel(model, scale=300.0, channel=0):
+    """The same function with a quantization-hostile pattern: one output channel of features.4
+    (conv + BN + ReLU) scaled up by `scale` through its BN affine, and features.8's weights reading
+    that channel scaled down to match. Float outputs are unchanged; a per-tensor int8 scale for
+    features.4's output now spends its range on one channel and leaves the others a few levels."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    bn, conv = m.features[5], m.features[8]
+    with torch.no_grad():
+        bn.weight[channel] *= scale
+        bn.bias[channel] *= scale
+        conv.weight[:, channel] /= scale
+    return m

@@ -1,0 +1,112 @@
+"""Quantization-aware training with PyTorch's PT2E flow (torchao): export, insert fake-quantizers
+with litert-torch's PT2EQuantizer (the int8 scheme the TFLite targets use: per-channel symmetric
+int8 weights, per-tensor affine int8 activations), fine-tune, convert to a quantize/dequantize
+graph. `edgekit convert` lowers that graph's own scales to an int8 TFLite model
+(edgekit.quantize.prequantized) instead of calibrating again."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edgekit._util import captured_output
+from edgekit.compress.data import DEFAULT_DATA, DataConfig
+from edgekit.compress.result import CompressResult, batch_dynamic, param_count, start
+from edgekit.compress.train import TrainConfig, accuracy, fit
+from edgekit.errors import CompressionError, UsageError
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    target: str = "tflite-int8"  # the int8 target whose scheme the fake-quantizers follow
+
+
+QAT_TRAIN = TrainConfig(epochs=3, lr=1e-4)
+
+
+def scheme_for(target: str) -> bool:
+    """Per-channel weights? Raises unless the target is a static int8 TFLite target QAT can feed."""
+    from edgekit.targets import load_target
+
+    t = load_target(target)
+    q = t.quant
+    if not (t.format == "tflite" and q.mode == "static" and q.activation_bits == 8 and q.weight_bits == 8):
+        raise UsageError(f"QAT trains for static int8 TFLite targets, not {t.name}",
+                         "use --target tflite-int8 (an ONNX export of the QAT graph keeps float weights and ONNX Runtime's "
+                         "x86 int8 kernels disagree with it)")
+    return q.per_channel
+
+
+@contextlib.contextmanager
+def _litert_qat_patterns():
+    """litert-torch 0.10's conv+BN QAT annotator passes torch.export a bare function, which torch 2.13
+    refuses ("Expected `mod` to be an instance of `torch.nn.Module`", google-ai-edge/litert-torch#801);
+    wrap the pattern in torchao's WrapperModule while prepare_qat_pt2e runs."""
+    from litert_torch.quantize import pt2e_quantizer_utils as utils
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    original = utils._get_aten_graph_module_for_pattern
+
+    def wrapped(pattern, *args, **kwargs):
+        return original(pattern if isinstance(pattern, torch.nn.Module) else WrapperModule(pattern), *args, **kwargs)
+
+    utils._get_aten_graph_module_for_pattern = wrapped
+    try:
+        yield
+    finally:
+        utils._get_aten_graph_module_for_pattern = original
+
+
+def prepare(model: torch.nn.Module, example: tuple[torch.Tensor, ...], per_channel: bool) -> torch.fx.GraphModule:
+    """Export (dynamic batch) and insert fake-quantizers; conv+BN pairs are fused for QAT (BN folded at convert)."""
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=True))
+    # the exported graph shares the module's parameters: train a copy, never the caller's model
+    graph = batch_dynamic(copy.deepcopy(model), example).module()
+    with _litert_qat_patterns():
+        prepared = prepare_qat_pt2e(graph, quantizer)
+    return allow_exported_model_train_eval(prepared)  # .train()/.eval() switch BN and dropout
+
+
+def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    prepared.eval()
+    return convert_pt2e(prepared, fold_quantize=False)
+
+
+def qat(model: Any, data: Any, *, val: Any = None, config: QATConfig = QATConfig(), train: TrainConfig = QAT_TRAIN,
+        data_cfg: DataConfig = DEFAULT_DATA, weights=None, input_shapes=None, out=None, progress=None) -> CompressResult:
+    """Fine-tune `model` with int8 fake-quantization; the result holds quantize/dequantize ops with the
+    learned scales, and its val accuracy is what the int8 artifact should reach."""
+    per_channel = scheme_for(config.target)
+    job = start(model, data, val, weights=weights, input_shapes=input_shapes, data_cfg=data_cfg, seed=train.seed, out=out)
+    before = {"params": param_count(job.model), "accuracy": accuracy(job.model, job.val)}
+    log = io.StringIO()
+    try:
+        with captured_output(log):  # torchao / litert-torch print while importing and tracing
+            prepared = prepare(job.model, job.spec.example_inputs, per_channel)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CompressionError(f"preparing {job.spec.source} for QAT failed: {type(exc).__name__}: {first}",
+                               "the model must be torch.export-able; run with --debug for the traceback") from exc
+    start_acc = accuracy(prepared, job.val)
+    history = fit(prepared, job.train, job.val, train, progress=progress, label="qat")
+    with captured_output(log):
+        quantized = convert(prepared)
+    acc = accuracy(quantized, job.val)
+    details = {"target": config.target, "scheme": {"weights": f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}",
+                                                   "activations": "int8 affine per-tensor", "quantizer": "litert-torch PT2EQuantizer (is_qat)"},
+               "val_accuracy_fake_quant_start": round(start_acc, 4)}
+    notes = [(f"val accuracy {acc:.1%} is the fake-quantized model's: `edgekit convert` to {config.target} lowers these "
+             "quantization parameters as they are, so the int8 artifact should match it"),
+             "size and latency are those of an int8 model (about 1/4 of fp32 weights); the .pt2 itself stores fp32 weights"]
+    return job.result("qat", quantized, before, history, details, notes, after_accuracy=acc)

@@ -1,0 +1,390 @@
+"""The report card: artifact folders (manifest.json) and `edgekit bench/eval --json` results gathered into
+one table (one row per artifact and device), written as Markdown and as a self-contained HTML page whose
+plots are inline SVG drawn with matplotlib (imported here only, when a plot is drawn)."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgekit.artifact import sha256
+from edgekit.errors import UsageError
+from edgekit.runtime import MANIFEST, read_manifest
+
+RESULT_COMMANDS = ("bench", "eval")
+_GIVE = "give artifact folders from `edgekit convert` (or folders holding them) and JSON files from `edgekit bench/eval --json`"
+COLUMNS = ("model", "target", "device", "size", "× fp32 params", "accuracy", "accuracy from", "top-1 agree", "SQNR dB",
+           "p50 ms", "p90 ms", "p99 ms", "artifact")
+
+
+@dataclass
+class Row:
+    """One artifact on one device (device None: not benched). Units are in the field names."""
+
+    model: str
+    target: str
+    artifact: str
+    device: str | None = None
+    format: str = ""
+    precision: str = ""
+    sha256: str = ""
+    size_bytes: int | None = None
+    size_vs_fp32_params: float | None = None
+    accuracy: float | None = None
+    accuracy_source: str = ""  # "eval" | "validation"
+    top1_agreement: float | None = None
+    sqnr_db: float | None = None
+    validation_status: str = ""
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+    runs: int | None = None
+    samples_ms: list[float] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "samples_ms"}
+
+
+@dataclass
+class _Entry:
+    """Everything known about one artifact: its manifest (None if only results name it), evals, benches by device."""
+
+    ref: str
+    manifest: dict | None = None
+    evals: list[dict] = field(default_factory=list)
+    benches: dict[str, dict] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _read_result(path: Path) -> dict | None:
+    """A bench/eval result written by `--json`, None for any other JSON; unreadable JSON is an error."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}", "fix or remove the file, or pass only the folders and files to report on") from None
+    if not isinstance(data, dict) or data.get("command") not in RESULT_COMMANDS:
+        return None
+    items = data.get("results") if data["command"] == "bench" else [data]
+    if not isinstance(items, list) or not all(isinstance(r, dict) and isinstance(r.get("artifact"), str) for r in items):
+        raise UsageError(f"{path} is an `edgekit {data['command']}` result without the artifacts it measured",
+                         f"re-run `edgekit {data['command']} ... --json {path.name}`")
+    return data
+
+
+def _scan(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, dict]]]:
+    """(artifact folders, [(json file, result)]) under `paths`; hidden folders (staging, .git) are skipped."""
+    folders: list[Path] = []
+    files: dict[Path, bool] = {}  # json file -> named explicitly (so it must be a result)
+    for p in map(Path, paths):
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                if MANIFEST in filenames:
+                    folders.append(Path(dirpath))
+                files.update({Path(dirpath) / f: False for f in sorted(filenames) if f.endswith(".json") and f != MANIFEST})
+        elif p.name == MANIFEST:
+            folders.append(p.parent)
+        elif p.is_file() and p.suffix == ".json":
+            files[p] = True
+        else:
+            raise UsageError(f"{'not a folder or .json file' if p.exists() else 'no such file or folder'}: {p}", _GIVE)
+    results = []
+    for f in sorted(files, key=lambda f: (f.stat().st_mtime, str(f))):  # later measurements override earlier ones
+        result = _read_result(f)
+        if result is None and files[f]:
+            raise UsageError(f"{f} is not an `edgekit bench` or `edgekit eval` result", _GIVE)
+        if result is not None:
+            results.append((f, result))
+    return list(dict.fromkeys(folders)), results
+
+
+class _Index:
+    """Artifacts by folder and sha256; finds the one a result names (by path, then file hash, then folder name)."""
+
+    def __init__(self, folders: list[Path]):
+        self.entries: dict[Path, _Entry] = {}
+        self.orphans: dict[str, _Entry] = {}  # results naming an artifact that is not here
+        self.by_sha: dict[str, Path] = {}
+        for f in folders:
+            self._add(f)
+
+    def _add(self, folder: Path) -> Path:
+        key = folder.resolve()
+        if key not in self.entries:
+            manifest = read_manifest(folder)
+            self.entries[key] = _Entry(str(folder), manifest)
+            self.by_sha[manifest.get("sha256", "")] = key
+        return key
+
+    def _folder(self, folder: Path, file: str | None = None) -> Path | None:
+        if not (folder / MANIFEST).is_file():
+            return None
+        key = self._add(folder)
+        return key if file is None or self.entries[key].manifest.get("file") == file else None
+
+    def _find(self, ref: str, json_file: Path) -> Path | None:
+        # The path as given to bench/eval: relative to where they ran (usually here) or to the JSON file.
+        for cand in dict.fromkeys((Path(ref), json_file.parent / ref)):
+            if cand.is_dir():
+                found = self._folder(cand)
+            elif cand.is_file():  # a bare model file: its artifact folder, or any artifact with the same bytes
+                found = self._folder(cand.parent, cand.name) or self.by_sha.get(sha256(cand))
+            else:
+                continue
+            if found:
+                return found
+        name = Path(ref).parent.name if Path(ref).suffix in (".tflite", ".onnx") else Path(ref).name
+        same = [k for k in self.entries if k.name == name]
+        return same[0] if len(same) == 1 else None
+
+    def entry_for(self, ref: str, json_file: Path) -> _Entry:
+        key = self._find(ref, json_file)
+        return self.entries[key] if key else self.orphans.setdefault(ref, _Entry(ref))
+
+    def all(self) -> list[_Entry]:
+        return [*self.entries.values(), *self.orphans.values()]
+
+
+# ------------------------------------------------------------------ rows
+
+
+def _ratio(manifest: dict) -> float | None:
+    param_bytes = (manifest.get("model") or {}).get("param_bytes_fp32")
+    return manifest["size_bytes"] / param_bytes if param_bytes and manifest.get("size_bytes") else None
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _base_row(e: _Entry) -> Row:
+    """The artifact's row before any latency: from its manifest, the best eval (most samples), else the results alone."""
+    m, seen = e.manifest or {}, [*e.benches.values(), *e.evals]
+    v = m.get("validation") or {}
+    ev = max(e.evals, key=lambda r: r.get("samples") or 0)["metrics"] if e.evals else {}
+    acc = _first(ev.get("top1"), v.get("accuracy"))
+    return Row(model=(m.get("model") or {}).get("name", "?"), artifact=e.ref,
+               target=_first((m.get("target") or {}).get("name"), *(r.get("target") for r in seen), "?"),
+               format=m.get("format", ""), precision=m.get("precision", ""), sha256=m.get("sha256", ""),
+               size_bytes=_first(m.get("size_bytes"), *(r.get("size_bytes") for r in seen)), size_vs_fp32_params=_ratio(m),
+               accuracy=acc, accuracy_source="" if acc is None else "eval" if ev.get("top1") is not None else "validation",
+               top1_agreement=_first(ev.get("top1_agreement"), v.get("top1_agreement")),
+               sqnr_db=_first(ev.get("sqnr_db"), v.get("sqnr_db")), validation_status=v.get("status", ""))
+
+
+def _rows(e: _Entry) -> list[Row]:
+    base = _base_row(e)
+    if not e.benches:
+        return [base]
+    return [replace(base, device=dev, latency_p50_ms=b["stats"].get("p50_ms"), latency_p90_ms=b["stats"].get("p90_ms"),
+                    latency_p99_ms=b["stats"].get("p99_ms"), runs=b["stats"].get("runs"), samples_ms=b.get("samples_ms"))
+            for dev, b in e.benches.items()]
+
+
+def _attach(index: _Index, json_file: Path, result: dict, notes: list[str]) -> None:
+    if result["command"] == "eval":
+        index.entry_for(result["artifact"], json_file).evals.append(result)
+        return
+    for b in result["results"]:
+        if b.get("status", "ok") != "ok" or not isinstance(b.get("stats"), dict):
+            notes.append(f"{json_file.name}: bench of {b['artifact']} on {b.get('device', '?')} failed: {b.get('error') or 'no figures'}")
+            continue
+        index.entry_for(b["artifact"], json_file).benches[b.get("device", "?")] = b
+        if not b.get("samples_ms"):
+            notes.append(f"{json_file.name}: {b['artifact']} on {b.get('device', '?')} has no raw samples ({b.get('runner', '')} runner): not in the latency plot")
+
+
+# ------------------------------------------------------------------ the report
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _ms(v: float | None) -> str:
+    return _num(v, "{:.3f}" if v is not None and v < 10 else "{:.1f}")
+
+
+def size_text(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KiB" if n < 10 * 1024 * 1024 else f"{n / 1048576:,.1f} MiB"
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def label(self, r: Row) -> str:
+        return r.target if len({x.model for x in self.rows}) == 1 else f"{r.model} {r.target}"
+
+    def table(self) -> list[list[str]]:
+        """The table's cells, one list per row, in COLUMNS order (shared by the terminal, Markdown and HTML)."""
+        return [[r.model, r.target, r.device or "-", size_text(r.size_bytes), _num(r.size_vs_fp32_params, "{:.2f}"),
+                 _pct(r.accuracy), r.accuracy_source or "-", _pct(r.top1_agreement), _num(r.sqnr_db, "{:.1f}"),
+                 _ms(r.latency_p50_ms), _ms(r.latency_p90_ms), _ms(r.latency_p99_ms), r.artifact] for r in self.rows]
+
+    def summary(self) -> str:
+        return (f"{len(self.rows)} row(s) from {len(self.sources)} artifact folder(s) and result file(s), {self.created}. Accuracy: top-1 "
+                "from `edgekit eval` where there is one, else the convert-time validation; latency from `edgekit bench`.")
+
+    def to_json(self) -> dict:
+        return {"created": self.created, "sources": self.sources, "rows": [r.to_json() for r in self.rows], "notes": self.notes}
+
+    def to_markdown(self) -> str:
+        def line(cells) -> str:
+            return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+        out = [f"# edgekit report card\n\n{self.summary()} The plots are in the HTML report.\n",
+               line(COLUMNS), line(["---"] * len(COLUMNS)), *map(line, self.table())]
+        out += ["", *[f"- {n}" for n in self.notes]] if self.notes else []
+        return "\n".join(out) + "\n"
+
+    def to_html(self) -> str:
+        e = html.escape
+        head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>\n" for cells in self.table())
+        plots = [_figure("plot-accuracy-latency", "Accuracy vs latency", accuracy_latency_svg(self),
+                         "no artifact has both an accuracy and a bench latency: run `edgekit bench` (and `edgekit eval`) on the artifacts"),
+                 _figure("plot-latency", "Latency distributions per device", latency_svg(self),
+                         "no raw latency samples: run `edgekit bench --json` with the python runner")]
+        notes = "".join(f"<li>{e(n)}</li>" for n in self.notes)
+        summary = re.sub(r"`([^`]+)`", r"<code>\1</code>", e(self.summary()))
+        return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>edgekit report card</title>"
+                f"<style>{_CSS}</style></head><body>\n<h1>edgekit report card</h1>\n"
+                f"<p class=\"meta\">{summary}</p>\n"
+                f"<table id=\"report-table\"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n{''.join(plots)}"
+                + (f"<h2>Notes</h2><ul id=\"notes\">{notes}</ul>\n" if notes else "") + "</body></html>\n")
+
+    def write(self, html: str | Path | None = None, markdown: str | Path | None = None) -> list[Path]:
+        """Write the HTML page and/or the Markdown, each atomically; returns the paths written."""
+        done = []
+        for path, render in ((html, self.to_html), (markdown, self.to_markdown)):
+            if path:
+                write_text_atomic(Path(path), render())
+                done.append(Path(path))
+        return done
+
+
+_CSS = ("body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}th{background:#f2f2f2}"
+        "td:nth-child(-n+3),td:last-child,th{text-align:left}figure{margin:1em 0}svg{max-width:100%;height:auto}"
+        ".missing{color:#a60}.meta{color:#555}")
+
+
+def _figure(fig_id: str, title: str, svg: str | None, missing: str) -> str:
+    content = svg if svg else f"<p class=\"missing\">No plot: {html.escape(missing)}.</p>"
+    return f"<h2>{html.escape(title)}</h2>\n<figure id=\"{fig_id}\">{content}</figure>\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}", "choose a writable path") from None
+    finally:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def default_output(first: str | Path) -> Path:
+    """Where the HTML goes when no output is named: report.html in the first folder given (beside it for a file)."""
+    p = Path(first)
+    return (p if p.is_dir() else p.parent) / "report.html"
+
+
+def collect(paths: Sequence[str | Path]) -> Report:
+    """Gather the artifacts and bench/eval results under `paths` (folders are walked) into a Report."""
+    if not paths:
+        raise UsageError("nothing to report on", _GIVE)
+    folders, results = _scan(paths)
+    if not folders and not results:
+        raise UsageError(f"nothing to report in {', '.join(map(str, paths))}: no artifact folders (manifest.json) and no bench/eval JSON", _GIVE)
+    index, notes = _Index(folders), []
+    for json_file, result in results:
+        _attach(index, json_file, result, notes)
+    notes += [f"{ref}: no artifact folder found for these results; shown from the results alone" for ref in index.orphans]
+    rows = [r for e in index.all() for r in _rows(e)]
+    rows.sort(key=lambda r: (r.model, r.device or "", -(r.size_bytes or 0), r.target))
+    return Report(rows, notes, [str(f) for f in folders] + [str(f) for f, _ in results])
+
+
+# ------------------------------------------------------------------ plots (matplotlib, inline SVG)
+
+
+def _new_figure(figsize: tuple[float, float]):
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _svg(fig, name: str) -> str:
+    import matplotlib
+
+    buf = io.StringIO()
+    # Text stays text (selectable, searchable); the salt keeps element ids unique across the page's SVGs.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):].replace("<svg ", f"<svg role=\"img\" aria-label=\"{name}\" ", 1)
+
+
+def accuracy_latency_svg(report: Report) -> str | None:
+    """Accuracy vs p50 latency, one series per device, marker area proportional to the artifact's size."""
+    rows = [r for r in report.rows if r.accuracy is not None and r.latency_p50_ms is not None]
+    if not rows:
+        return None
+    fig = _new_figure((7.5, 4.5))
+    ax = fig.subplots()
+    biggest = max(r.size_bytes or 0 for r in rows) or 1
+    for device in dict.fromkeys(r.device for r in rows):
+        sel = [r for r in rows if r.device == device]
+        ax.scatter([r.latency_p50_ms for r in sel], [100 * r.accuracy for r in sel], s=[600 * (r.size_bytes or 0) / biggest for r in sel],
+                   alpha=0.6, edgecolors="black", label=device)
+        for r in sel:
+            ax.annotate(report.label(r), (r.latency_p50_ms, 100 * r.accuracy), xytext=(7, 5), textcoords="offset points", fontsize=8)
+    ax.set(xlabel="latency p50 (ms)", ylabel="accuracy (%)", title="accuracy vs latency (marker area ∝ artifact size)")
+    ax.margins(0.15)
+    ax.grid(alpha=0.3)
+    for handle in ax.legend(title="device").legend_handles:
+        handle.set_sizes([60])
+    return _svg(fig, "accuracy vs latency")
+
+
+def latency_svg(report: Report) -> str | None:
+    """Box plots of the raw latency samples, one panel per device, one box per artifact."""
+    by_device: dict[str, list[Row]] = {}
+    for r in report.rows:
+        if r.samples_ms:
+            by_device.setdefault(r.device or "?", []).append(r)
+    if not by_device:
+        return None
+    heights = [0.6 + 0.45 * len(rs) for rs in by_device.values()]
+    fig = _new_figure((7.5, 0.6 + sum(heights)))
+    axes = fig.subplots(len(by_device), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, (device, rows) in zip(axes, by_device.items()):
+        ax.boxplot([r.samples_ms for r in rows], orientation="horizontal", tick_labels=[report.label(r) for r in rows],
+                   widths=0.6, flierprops={"markersize": 3})
+        ax.set(title=f"{device}: latency over {sum(len(r.samples_ms) for r in rows)} runs", xlabel="latency (ms)")
+        ax.grid(axis="x", alpha=0.3)
+    return _svg(fig, "latency distributions")
