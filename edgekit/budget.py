@@ -92,9 +92,8 @@ def search(tgt: Target, budget: AccuracyBudget, reference_logits: np.ndarray, fm
         metric = score(quantize(current))
         keep = work / f"candidate-{len(candidates)}{model_file.suffix}"
         shutil.copyfile(model_file, keep)
-        for side in ("recipe.json",):
-            if model_file.with_name(side).exists():
-                shutil.copyfile(model_file.with_name(side), keep.with_suffix(".recipe.json"))
+        if model_file.with_name("recipe.json").exists():  # ai-edge-quantizer writes its recipe beside the model
+            shutil.copyfile(model_file.with_name("recipe.json"), keep.with_suffix(".recipe.json"))
         candidates.append(keep)
         drop = round((rep.reference - metric) * 100, 3)
         rep.steps.append(Step([dataclasses.asdict(o) for o in overrides], metric, drop, model_file.stat().st_size,
