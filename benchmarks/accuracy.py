@@ -66,8 +66,8 @@ def run(name: str, budget: float, threads: int, rounds: int, tmp: Path, console:
     search_s = time.perf_counter() - t0
     from edgekit.calibration import load_calibration
 
-    ds = load_calibration(data, [i["name"] for i in arts["tflite-fp32"].manifest["inputs"]],
-                          [i["source_shape"] for i in arts["tflite-fp32"].manifest["inputs"]], split="test")
+    ds = load_calibration(data, [i.name for i in arts["tflite-fp32"].manifest.inputs],
+                          [i.source_shape for i in arts["tflite-fp32"].manifest.inputs], split="test")
     x = ds.arrays[next(iter(ds.arrays))][:1]
     lat = latency_ms({k: a.path for k, a in arts.items()}, x, threads, rounds, 50)
     fp32 = arts["tflite-fp32"]
@@ -76,7 +76,7 @@ def run(name: str, budget: float, threads: int, rounds: int, tmp: Path, console:
         t.add_column(col, justify="left" if col in ("artifact", "layers moved") else "right")
     acc = {k: evaluate(a.path, data).metrics["top1"] for k, a in arts.items()}
     for k, a in arts.items():
-        b = a.manifest.get("accuracy_budget")
+        b = a.manifest.extra.get("accuracy_budget")
         moved = ", ".join(f"{o['note'].split(':')[0]}→{o['precision']}" for o in b["overrides"]) if b else ""
         if b:
             moved += f" ({'met' if b['met'] else 'NOT met'}, {len(b['steps'])} candidate(s), {search_s:.0f} s)"

@@ -87,7 +87,7 @@ def main() -> None:
     print(hdr)
     print("-" * len(hdr))
     for name, art in arts.items():
-        model = art / edgekit.Artifact.load(art).manifest["file"]
+        model = art / edgekit.Artifact.load(art).manifest.file
         ek, dr = [], []
         for _ in range(args.rounds):
             ek.append(bench(art, "local", runs=args.runs, warmup=args.warmup, threads=args.threads).stats["p50_ms"])

@@ -159,7 +159,7 @@ def print_table(rows, arts, missing, acc, lat, threads) -> None:
             t.add_row(name, target, "-", "-", "-", "-", missing[name])
             continue
         a, ref_art = arts[name], arts.get(ref)
-        t.add_row(name, target, f"{a.manifest['model']['num_params']:,}", f"{acc[name]:.2%}", f"{a.size_bytes / 1024:,.1f}",
+        t.add_row(name, target, f"{a.manifest.model['num_params']:,}", f"{acc[name]:.2%}", f"{a.size_bytes / 1024:,.1f}",
                   f"{a.size_bytes / ref_art.size_bytes:.3f}" if ref_art else "-",
                   f"{lat[name] / lat[ref]:.2f} ({lat[name]:.3f} ms)" if ref_art else "-")
     Console(width=200).print(t)

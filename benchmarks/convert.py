@@ -124,7 +124,7 @@ def run(model_name: str, targets: list[str], threads: int, rounds: int, calib_sa
         try:
             t0 = time.perf_counter()
             arts[t] = edgekit.convert(spec, t, calibration=calib, validation=val, out_dir=root / t, calib_samples=calib_samples)
-            arts[t].manifest["bench_convert_s"] = time.perf_counter() - t0
+            arts[t].manifest.extra["bench_convert_s"] = time.perf_counter() - t0
         except edgekit.EdgekitError as exc:
             errors[t] = str(exc)
     acc = {t: float(np.mean(runtime.load(a.path, num_threads=threads).run_batch(test_x)[0].argmax(1) == test_y)) for t, a in arts.items()}
@@ -138,7 +138,7 @@ def run(model_name: str, targets: list[str], threads: int, rounds: int, calib_sa
         if t in errors:
             print(f"{t:<18}  FAILED: {errors[t]}")
             continue
-        m = arts[t].manifest
+        m = arts[t].manifest.to_dict()
         fmt = m["format"]
         fp32 = arts.get(f"{fmt}-fp32")
         size_ratio = m["size_bytes"] / fp32.size_bytes if fp32 else float("nan")

@@ -80,13 +80,110 @@ class Stages:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        check_terminated()
         if self.progress:
             self.progress(name, "start", 0.0)
         t0 = time.perf_counter()
         self.log.write(f"==== {name}\n")
         with captured_output(self.log):
             yield
+        check_terminated()
         seconds = time.perf_counter() - t0
         self.timings.append({"stage": name, "seconds": round(seconds, 3)})
         if self.progress:
             self.progress(name, "done", seconds)
+
+
+# ---------------------------------------------------------------------------- temporary work folders
+
+_WORK_MARK = ".edgekit-work"
+
+
+def _work_prefix(tag: str) -> str:
+    import re
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    return f"edgekit-{tag}-{host}-"
+
+
+def sweep_work_dirs(root: str | None = None) -> int:
+    """Remove temporary work folders that dead edgekit processes of this host left (SIGKILL, power
+    loss): only folders named by `work_dir` that hold its marker and whose pid is gone."""
+    import re
+    import shutil
+
+    root = root or tempfile.gettempdir()
+    pat = re.compile(r"^edgekit-[a-z0-9]+-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+    host = _work_prefix("x").split("-")[2]
+    n = 0
+    try:
+        entries = os.scandir(root)
+    except OSError:
+        return 0
+    with entries:
+        for e in entries:
+            m = pat.match(e.name)
+            if not m or m["host"] != host or not e.is_dir(follow_symlinks=False):
+                continue
+            try:
+                os.kill(int(m["pid"]), 0)
+                continue  # alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            if os.path.isfile(os.path.join(e.path, _WORK_MARK)):
+                shutil.rmtree(e.path, ignore_errors=True)
+                n += 1
+    return n
+
+
+def work_dir(tag: str = "work") -> str:
+    """A fresh temporary folder named with this host and pid (and marked), so that what a killed run
+    leaves is recognised and swept by the next one. The caller removes it when done."""
+    sweep_work_dirs()
+    path = tempfile.mkdtemp(prefix=f"{_work_prefix(tag)}{os.getpid()}-")
+    with open(os.path.join(path, _WORK_MARK), "w") as f:
+        f.write(f"{os.getpid()}\n")
+    return path
+
+
+# ---------------------------------------------------------------------------- signals
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds exactly like Ctrl-C (it is a KeyboardInterrupt), so staging and
+    work folders are removed and a device's runner is stopped before its lock is released."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")
+
+
+_PENDING: list[int] = []  # signals received; kept so that one swallowed by a library is raised again
+
+
+def check_terminated() -> None:
+    """Raise Terminated if SIGTERM/SIGHUP arrived. Called at every stage boundary and before a commit:
+    a library that catches broad exceptions (the exporters trace Python through C++, which turns the
+    handler's exception into an ordinary error they may retry past) cannot make edgekit finish the run."""
+    if _PENDING:
+        raise Terminated(_PENDING[0])
+
+
+def install_signal_handlers() -> None:
+    """SIGINT, SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt) in the main thread and are
+    remembered, so that one a library swallows is raised again at the next stage boundary."""
+    import signal
+
+    def handler(signum, _frame):
+        _PENDING.append(signum)
+        raise Terminated(signum)
+
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL)):
+        try:
+            if signal.getsignal(sig) is not default:
+                continue  # ignored on purpose (nohup, a background job) or handled by an embedding application
+            signal.signal(sig, handler)
+        except (ValueError, OSError):  # not the main thread, or no such signal here
+            pass

@@ -57,4 +57,15 @@ def build(cls, data: dict, where: str, error: type[Exception]):
     unknown = sorted(set(data) - names)
     if unknown:
         raise error(f"{where}: unknown field(s) {', '.join(unknown)}", f"known fields: {', '.join(sorted(names - {'source'}))}")
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        want = hints.get(key)
+        ok = {str: lambda v: isinstance(v, str),
+              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              bool: lambda v: isinstance(v, bool)}.get(want)
+        if ok is not None and not ok(value):
+            raise error(f"{where}: {key} = {value!r} is not a {want.__name__}", f"write {key} as a {want.__name__}")
     return cls(**data)

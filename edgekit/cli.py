@@ -7,14 +7,18 @@ Every command takes --json PATH; every user error is one line on stderr and a no
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from edgekit.errors import EdgekitError, ValidationFailed
+from edgekit.errors import EdgekitError, UsageError, ValidationFailed
 
 
 def _consoles() -> tuple[Console, Console]:
@@ -24,8 +28,10 @@ def _consoles() -> tuple[Console, Console]:
         err = os.fdopen(os.dup(2), "w", buffering=1)
     except OSError:
         err = sys.stderr
-    out = Console() if sys.stdout.isatty() else Console(width=160)
-    return out, Console(file=err, stderr=True, width=None if err.isatty() else 200)
+    # markup and emoji codes off: a str printed by mistake instead of through text()/say() still prints as written.
+    plain = {"markup": False, "emoji": False}
+    out = Console(**plain) if sys.stdout.isatty() else Console(width=160, **plain)
+    return out, Console(file=err, stderr=True, width=None if err.isatty() else 200, **plain)
 
 
 OUT, ERR = _consoles()
@@ -35,11 +41,101 @@ def _kib(n: int) -> str:
     return f"{n / 1024:,.1f} KiB" if n < 10 * 1024 * 1024 else f"{n / 1048576:,.1f} MiB"
 
 
+# ------------------------------------------------------------------ text: what reaches the terminal
+# Everything printed goes through text()/line()/say()/table()/row(): strings become rich Text, which is never
+# parsed for markup ("[b]", "[/x]") or emoji codes, so a path, a target or a layer name prints as given.
+# Style is only ever attached to a piece by the code here, as a (text, style) pair.
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _visible(s: str, one_line: bool = False) -> str:
+    """Control characters (a terminal's escape sequences) shown as \\xNN rather than sent to the terminal."""
+    return (_CONTROL_OR_NEWLINE if one_line else _CONTROL).sub(lambda m: "\\n" if m.group() == "\n" else f"\\x{ord(m.group()):02x}", s)
+
+
+def text(value, style: str = "", one_line: bool = False) -> Text:
+    """`value` as plain text (a Text is kept as it is)."""
+    return value if isinstance(value, Text) else Text(_visible(str(value), one_line), style=style)
+
+
+def line(*parts, one_line: bool = False) -> Text:
+    """One Text from pieces: plain strings and (string, style) pairs; none is parsed as markup."""
+    out = Text()
+    for p in parts:
+        out.append(p if isinstance(p, Text) else text(*((p, "") if isinstance(p, str) else p), one_line=one_line))
+    return out
+
+
+def say(console: Console, *parts) -> None:
+    """Print one line (errors, warnings, notes): newlines in the pieces are shown as \\n, long lines are not wrapped."""
+    console.print(line(*parts, one_line=True), soft_wrap=True, highlight=False)
+
+
+def table(title, columns) -> Table:
+    """A table with a plain-text title; columns are names or (name, add_column keywords)."""
+    t = Table(title=text(title, "table.title"), title_justify="left")
+    for col in columns:
+        name, kw = (col, {}) if isinstance(col, str) else col
+        t.add_column(text(name), **kw)
+    return t
+
+
+def row(t: Table, *cells) -> None:
+    """Add a row of plain-text cells (a styled cell is a Text, e.g. text("ok", "green"))."""
+    t.add_row(*(text(c) for c in cells))
+
+
+# ------------------------------------------------------------------ output paths: checked before any work
+
+
+def check_output(path: str, option: str) -> None:
+    """Refuse an output file that cannot be written (a folder, a device, a folder that is a file, no write
+    permission, a read-only file system), before the command does any work; the message shows `path` as given."""
+    hint = f"give {option} a file path in a folder you can write"
+    p = Path(path)
+    try:
+        if p.is_dir() or path.endswith(("/", os.sep)) or p.name in ("", ".", ".."):
+            raise UsageError(f"{option} {path}: is a folder, not a file", hint)
+        if p.exists() and not p.is_file():
+            raise UsageError(f"{option} {path}: is not a regular file", hint)
+        folder = Path(os.path.abspath(path)).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # missing folders are created when the file is written
+        if not folder.is_dir():
+            raise UsageError(f"cannot write {option} {path}: {folder} is not a folder", hint)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".edgekit-probe-")  # as root, os.access says yes on a read-only mount
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write {option} {path}: {exc.strerror or exc}", hint) from None
+    except ValueError as exc:  # NUL in the path, unencodable characters
+        raise UsageError(f"cannot write {option} {path}: {exc}", hint) from None
+
+
+class OutputFile(click.ParamType):
+    """An output file option (--json, --html, --markdown): check_output runs while the arguments are parsed,
+    so a bad path is refused before anything is loaded, converted or measured."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        check_output(value, param.opts[-1] if param is not None else "the output")
+        return value
+
+
+OUTPUT_FILE = OutputFile()
+
+
 def _write_json(path: str | None, data) -> None:
     if path:
         from edgekit.artifact import write_json_atomic
 
-        write_json_atomic(Path(path), data)
+        try:
+            write_json_atomic(Path(path), data)
+        except OSError as exc:  # checked before the work; this is the folder changing meanwhile
+            raise UsageError(f"cannot write --json {path}: {exc.strerror or exc}", "give --json a file path in a folder you can write") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -54,23 +150,23 @@ def cli(ctx: click.Context, debug: bool) -> None:
 class _Progress:
     """Stage lines: a spinner while a stage runs, then '✓ stage  1.23 s'."""
 
-    def __init__(self, console: Console, header: str):
+    def __init__(self, console: Console, header: Text):
         self.console = console
         self.header = header
         self.status = None
 
     def __call__(self, target: str, stage: str, event: str, seconds: float) -> None:
         if self.header:  # printed once the checks have passed and work starts
-            self.console.print(self.header)
+            self.console.print(self.header, soft_wrap=True, highlight=False)
             self.header = ""
         if event == "start":
-            self.status = self.console.status(f"[bold]{target}[/]  {stage} …")
+            self.status = self.console.status(line((target, "bold"), f"  {stage} …"))
             self.status.start()
         else:
             if self.status:
                 self.status.stop()
                 self.status = None
-            self.console.print(f"  [green]✓[/] [bold]{target:<18}[/] {stage:<20} {seconds:7.2f} s")
+            say(self.console, "  ", ("✓", "green"), " ", (f"{target:<18}", "bold"), f" {stage:<20} {seconds:7.2f} s")
 
     def stop(self) -> None:
         if self.status:
@@ -100,7 +196,7 @@ class _Progress:
 @click.option("--budget-s", type=click.FloatRange(1), default=600, show_default=True, help="Stop the accuracy-budget search after this many seconds.")
 @click.option("--out", "out", type=click.Path(), help="Artifact folder (one target). [default: out/<model>-<target>]")
 @click.option("--out-dir", type=click.Path(), default="out", show_default=True, help="Parent folder for artifacts.")
-@click.option("--json", "json_path", type=click.Path(), help="Write the machine-readable result here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the machine-readable result here.")
 @click.pass_context
 def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, weights,
             trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
@@ -113,7 +209,7 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
         raise EdgekitError("--out names one artifact folder but several targets were given", "use --out-dir for several targets")
     shapes = [parse_shape(s) for s in input_shapes] or None
     spec = load_model(model, shapes, weights, trust_pickle)
-    progress = _Progress(ERR, header=f"[bold]{spec.source}[/] ({spec.num_params:,} parameters, input {', '.join(str(s) for s in spec.input_shapes)})")
+    progress = _Progress(ERR, header=line((spec.source, "bold"), f" ({spec.num_params:,} parameters, input {', '.join(str(s) for s in spec.input_shapes)})"))
     try:
         results = convert_many(spec, targets, out_dir=out, out_root=out_dir, calibration=calib, calib_samples=calib_samples,
                                calib_method=calib_method, calib_spec=calib_spec, validation=val_data, val_samples=val_samples,
@@ -125,11 +221,11 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
         raise results[0].error  # one target: one line, no table
     _convert_table(results, spec.param_bytes_fp32)
     for r in results:
-        if r.artifact is not None and "accuracy_budget" in r.artifact.manifest:
-            _print_budget(r.target, r.artifact.manifest["accuracy_budget"])
+        if r.artifact is not None and "accuracy_budget" in r.artifact.manifest.extra:
+            _print_budget(r.target, r.artifact.manifest.extra["accuracy_budget"])
     for r in results:
         for w in r.warnings:
-            ERR.print(f"[yellow]warning[/] {r.target}: {w}", soft_wrap=True, highlight=False)
+            say(ERR, ("warning", "yellow"), f" {r.target}: {w}")
     _write_json(json_path, {"command": "convert", "model": spec.source, "results": [r.to_json() for r in results]})
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.artifact is not None and r.artifact.validation.get("status") == "fail"]
@@ -137,12 +233,12 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
         if ctx.obj["debug"]:
             raise errors[0].error
         for r in errors:
-            ERR.print(f"[red]error[/] {r.target}: {r.error}", highlight=False)
+            say(ERR, ("error", "red"), f" {r.target}: {r.error}")
         sys.exit(errors[0].error.exit_code)
-    missed = [r for r in results if r.artifact is not None and not r.artifact.manifest.get("accuracy_budget", {"met": True})["met"]]
+    missed = [r for r in results if r.artifact is not None and not r.artifact.manifest.extra.get("accuracy_budget", {"met": True})["met"]]
     problems = [f"validation failed for {r.target} ({'; '.join(r.artifact.validation['reasons'])})" for r in failed]
     for r in missed:
-        b = r.artifact.manifest["accuracy_budget"]
+        b = r.artifact.manifest.extra["accuracy_budget"]
         problems.append(f"accuracy budget not met for {r.target}: {b['drop_points']:.2f} > {b['max_drop_points']} points ({b['reason']}); "
                         f"the closest artifact is in {r.artifact.path}")
     if problems:
@@ -152,65 +248,59 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
 
 
 def _print_budget(target: str, b: dict) -> None:
-    t = Table(title=f"{target}: accuracy budget {b['max_drop_points']} points of {b['metric']} on {b['samples']} samples "
-                    f"(float model {b['reference']:.2%})", title_justify="left")
-    for col in ("step", "moved to int16 / float", b["metric"], "drop (points)", "size", "s"):
-        t.add_column(col, justify="left" if col.startswith("moved") else "right")
+    t = table(f"{target}: accuracy budget {b['max_drop_points']} points of {b['metric']} on {b['samples']} samples "
+              f"(float model {b['reference']:.2%})",
+              [(col, {"justify": "left" if col.startswith("moved") else "right"})
+               for col in ("step", "moved to int16 / float", b["metric"], "drop (points)", "size", "s")])
     for i, st in enumerate(b["steps"]):
         moved = ", ".join(f"{o['note'].split(':')[0]}→{o['precision']}" for o in st["moved"]) or "- (full int8)"
-        mark = " [green]✓ chosen[/]" if i == b["chosen"] else ""
-        t.add_row(f"{i}{mark}", moved, f"{st['metric']:.2%}", f"{st['drop_points']:.2f}", _kib(st["size_bytes"]), f"{st['seconds']:.1f}")
+        step = line(str(i), (" ✓ chosen", "green")) if i == b["chosen"] else str(i)
+        row(t, step, moved, f"{st['metric']:.2%}", f"{st['drop_points']:.2f}", _kib(st["size_bytes"]), f"{st['seconds']:.1f}")
     OUT.print(t)
-    verdict = "[green]met[/]" if b["met"] else f"[red]not met[/] ({b['reason']})"
-    OUT.print(f"budget {verdict}; re-apply these moves without searching: edgekit convert MODEL --target <this artifact folder>")
+    verdict = ("met", "green") if b["met"] else ("not met", "red")
+    say(OUT, "budget ", verdict, "" if b["met"] else f" ({b['reason']})",
+        "; re-apply these moves without searching: edgekit convert MODEL --target <this artifact folder>")
 
 
 def _print_lint(findings: dict[str, list[str]]) -> None:
     for target, items in findings.items():
         for f in items:
-            ERR.print(f"[yellow]lint[/] {target}: {f}", soft_wrap=True, highlight=False)
+            say(ERR, ("lint", "yellow"), f" {target}: {f}")
 
 
 def _convert_table(results, param_bytes: int) -> None:
     has_acc = any(r.artifact and "accuracy" in r.artifact.validation for r in results)
-    t = Table(title="edgekit convert", title_justify="left")
-    for col, kw in [("target", {}), ("size", {"justify": "right"}), ("× fp32 params", {"justify": "right"}),
-                    ("SQNR dB", {"justify": "right"}), ("top-1 agree", {"justify": "right"})]:
-        t.add_column(col, **kw)
-    if has_acc:
-        t.add_column("accuracy (ref)", justify="right")
-    t.add_column("time s", justify="right")
-    t.add_column("validation")
-    t.add_column("artifact")
+    right = {"justify": "right"}
+    t = table("edgekit convert", [("target", {}), ("size", right), ("× fp32 params", right), ("SQNR dB", right), ("top-1 agree", right),
+                                  *([("accuracy (ref)", right)] if has_acc else []), ("time s", right), "validation", "artifact"])
     colors = {"ok": "green", "warn": "yellow", "fail": "red"}
     for r in results:
         if r.artifact is None:
-            row = [r.target, "-", "-", "-", "-"] + (["-"] if has_acc else []) + ["-", "[red]error[/]", str(r.error)[:60]]
+            cells = [r.target, "-", "-", "-", "-"] + (["-"] if has_acc else []) + ["-", text("error", "red"), str(r.error)[:60]]
         else:
             m, v = r.artifact.manifest, r.artifact.validation
             agree = f"{v['top1_agreement']:.1%}" if "top1_agreement" in v else "-"
-            ratio = f"{m['size_bytes'] / param_bytes:.2f}" if param_bytes else "-"
-            row = [r.target, _kib(m["size_bytes"]), ratio, f"{v['sqnr_db']:.1f}", agree]
+            ratio = f"{m.size_bytes / param_bytes:.2f}" if param_bytes else "-"
+            cells = [r.target, _kib(m.size_bytes), ratio, f"{v['sqnr_db']:.1f}", agree]
             if has_acc:
-                row.append(f"{v['accuracy']:.1%} ({v['reference_accuracy']:.1%})" if "accuracy" in v else "-")
-            row += [f"{m['convert_seconds']:.1f}", f"[{colors[v['status']]}]{v['status']}[/]", str(r.artifact.path)]
-        t.add_row(*row)
+                cells.append(f"{v['accuracy']:.1%} ({v['reference_accuracy']:.1%})" if "accuracy" in v else "-")
+            cells += [f"{m.extra.get('convert_seconds', 0.0):.1f}", text(v["status"], colors.get(v["status"], "")), str(r.artifact.path)]
+        row(t, *cells)
     OUT.print(t)
 
 
 @cli.command("targets")
-@click.option("--json", "json_path", type=click.Path(), help="Write the catalogue as JSON here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the catalogue as JSON here.")
 def targets_cmd(json_path):
     """List the conversion targets (shipped, $EDGEKIT_TARGETS, ./targets)."""
     from edgekit.targets import list_targets
 
     ts = list_targets()
-    t = Table(title="edgekit targets", title_justify="left")
-    for col in ("target", "format", "precision", "quantizer", "calibration", "I/O", "description"):
-        t.add_column(col, overflow="fold")
+    t = table("edgekit targets", [(col, {"overflow": "fold"})
+                                  for col in ("target", "format", "precision", "quantizer", "calibration", "I/O", "description")])
     for x in ts:
         q = x.quant
-        t.add_row(x.name, x.format, x.precision, "-" if q.backend == "none" else f"{q.backend} {q.mode}",
+        row(t, x.name, x.format, x.precision, "-" if q.backend == "none" else f"{q.backend} {q.mode}",
                   q.calib_method if q.needs_calibration else "-", x.io_dtype, x.description)
     OUT.print(t)
     _write_json(json_path, {"command": "targets", "targets": [x.to_dict() for x in ts]})
@@ -232,7 +322,7 @@ def _ms(v) -> str:
 @click.option("--runner", type=click.Choice(["python", "benchmark_model"]), help="Override the profile's runner.")
 @click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model binary for the device (Android).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1), help="Seconds the measurement may take per artifact. [default: 5x the profile's step timeout]")
-@click.option("--json", "json_path", type=click.Path(), help="Write every result, raw samples included, here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write every result, raw samples included, here.")
 def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, runner, benchmark_binary, timeout_s, json_path):
     """Measure ARTIFACT (folders from `edgekit convert`, or .tflite/.onnx files) on devices."""
     from edgekit.measure import BenchOptions, bench_many
@@ -243,36 +333,34 @@ def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, ru
 
     def progress(device: str, artifact: str, event: str) -> None:
         if event == "start":
-            status["s"] = ERR.status(f"[bold]{device}[/]  {artifact} …")
+            status["s"] = ERR.status(line((device, "bold"), f"  {artifact} …"))
             status["s"].start()
         elif status["s"]:
             status["s"].stop()
-            mark = "[green]✓[/]" if event == "done" else "[red]✗[/]"
-            ERR.print(f"  {mark} [bold]{device:<14}[/] {artifact}", highlight=False)
+            say(ERR, "  ", ("✓", "green") if event == "done" else ("✗", "red"), " ", (f"{device:<14}", "bold"), f" {artifact}")
 
     try:
         results = bench_many(list(artifacts), list(devices) or ["local"], opts, progress)
     finally:
         if status["s"]:
             status["s"].stop()
-    t = Table(title="edgekit bench", title_justify="left")
-    for col in ("artifact", "device", "size", "p50 ms", "p90 ms", "CV", "init ms", "peak MB", "status"):
-        t.add_column(col, justify="right" if col not in ("artifact", "device", "status") else "left", overflow="fold")
+    t = table("edgekit bench", [(col, {"justify": "right" if col not in ("artifact", "device", "status") else "left", "overflow": "fold"})
+                                for col in ("artifact", "device", "size", "p50 ms", "p90 ms", "CV", "init ms", "peak MB", "status")])
     for r in results:
         st = r.stats
         if r.status == "ok":
             cv = "-" if st.get("cv") is None else f"{st['cv']:.1%}"
-            state = "[yellow]ok*[/]" if r.warnings else "[green]ok[/]"
-            t.add_row(r.target or r.artifact, r.device, _kib(r.size_bytes), _ms(st.get("p50_ms")), _ms(st.get("p90_ms")), cv,
+            state = text("ok*", "yellow") if r.warnings else text("ok", "green")
+            row(t, r.target or r.artifact, r.device, _kib(r.size_bytes), _ms(st.get("p50_ms")), _ms(st.get("p90_ms")), cv,
                       _ms(r.init_ms), "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}", state)
         else:
-            t.add_row(r.artifact, r.device, "-", "-", "-", "-", "-", "-", "[red]failed[/]")
+            row(t, r.artifact, r.device, "-", "-", "-", "-", "-", "-", text("failed", "red"))
     OUT.print(t)
     for r in results:
         for w in r.warnings:
-            ERR.print(f"[yellow]warning[/] {r.device} {r.target or r.artifact}: {w}", soft_wrap=True, highlight=False)
+            say(ERR, ("warning", "yellow"), f" {r.device} {r.target or r.artifact}: {w}")
         if r.status != "ok":
-            ERR.print(f"[red]error[/] {r.device} {r.artifact}: {r.error}", soft_wrap=True, highlight=False)
+            say(ERR, ("error", "red"), f" {r.device} {r.artifact}: {r.error}")
     _write_json(json_path, {"command": "bench", "results": [r.to_json() for r in results]})
     if any(r.status != "ok" for r in results):
         sys.exit(5)
@@ -288,28 +376,28 @@ def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, ru
 @click.option("--weights", type=click.Path(), help="State dict for the reference factory.")
 @click.option("--samples", type=click.IntRange(1), help="Use only the first N samples.")
 @click.option("--threads", type=click.IntRange(0), help="Interpreter threads.")
-@click.option("--json", "json_path", type=click.Path(), help="Write the result here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the result here.")
 def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, samples, threads, json_path):
     """Task accuracy of ARTIFACT on labelled data, on this host or on a device."""
-    from rich.progress import BarColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edgekit.evaluate import evaluate
 
-    with Progress("[bold]eval[/]", BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(), console=ERR, transient=True) as bar:
+    # Not on a terminal the bar would only leave an empty line (before the one-line error, if any).
+    with Progress(TextColumn("eval", style="bold"), BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(), console=ERR, transient=True,
+                  disable=not ERR.is_terminal) as bar:
         task = bar.add_task("eval", total=None)
         res = evaluate(artifact, data, labels_key=labels_key, data_spec=data_spec, device=device, reference=reference,
                        reference_weights=weights, threads=threads, samples=samples,
                        progress=lambda done, total: bar.update(task, completed=done, total=total))
-    t = Table(title=f"edgekit eval: {res.target} on {res.device} ({res.samples} samples of {res.data})", title_justify="left")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
+    t = table(f"edgekit eval: {res.target} on {res.device} ({res.samples} samples of {res.data})", ["metric", ("value", {"justify": "right"})])
     labels = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "reference_accuracy": "reference top-1 accuracy",
               "top1_agreement": "top-1 agreement with reference", "mean_kl": "mean KL(ref || artifact)",
               "sqnr_db": "SQNR dB", "cosine": "cosine", "max_abs_error": "max abs error"}
     for key, label in labels.items():
         v = res.metrics.get(key)
         if v is not None:
-            t.add_row(label, f"{v:.2%}" if key in ("top1", "top5", "reference_accuracy", "top1_agreement") else f"{v:.4g}")
+            row(t, label, f"{v:.2%}" if key in ("top1", "top5", "reference_accuracy", "top1_agreement") else f"{v:.4g}")
     OUT.print(t)
     _write_json(json_path, {"command": "eval", **res.to_json()})
 
@@ -322,57 +410,55 @@ def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, 
 @click.option("--weights", type=click.Path(), help="State dict for the model factory. [default: the manifest's]")
 @click.option("--data-spec", metavar="NAME", help="Preprocessing spec for image folders.")
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Layers to show.")
-@click.option("--json", "json_path", type=click.Path(), help="Write every layer's figures here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write every layer's figures here.")
 def diagnose_cmd(artifact, data, samples, model, weights, data_spec, top, json_path):
     """Rank ARTIFACT's layers by the error they add against the float model, with the likely cause and the fix."""
     from edgekit.diagnose import diagnose
 
-    with ERR.status("running the float and quantized models with every tensor kept …"):
+    with ERR.status(text("running the float and quantized models with every tensor kept …")):
         d = diagnose(artifact, model=model, weights=weights, data=data, samples=samples, data_spec=data_spec)
-    t = Table(title=f"edgekit diagnose: {d.target} on {d.samples} samples (output SQNR {d.output_sqnr_db:.1f} dB, median over channels)",
-              title_justify="left")
-    for col in ("#", "layer", "ops", "now", "SQNR in→out dB", "loss dB", "added noise", "likely cause", "fix"):
-        t.add_column(col, overflow="fold", justify="right" if col in ("#", "loss dB", "added noise") else "left")
+    t = table(f"edgekit diagnose: {d.target} on {d.samples} samples (output SQNR {d.output_sqnr_db:.1f} dB, median over channels)",
+              [(col, {"overflow": "fold", "justify": "right" if col in ("#", "loss dB", "added noise") else "left"})
+               for col in ("#", "layer", "ops", "now", "SQNR in→out dB", "loss dB", "added noise", "likely cause", "fix")])
     for i, la in enumerate(d.layers[:top], 1):
-        t.add_row(str(i), f"{la.name}\n[dim]{la.modules}[/]" if la.modules else la.name, ",".join(la.ops)[:40], la.precision,
+        row(t, str(i), line(la.name, "\n", (la.modules, "dim")) if la.modules else la.name, ",".join(la.ops)[:40], la.precision,
                   f"{la.sqnr_in_db:.1f}→{la.sqnr_out_db:.1f}", f"{la.loss_db:.1f}", f"{la.added_noise:.2e}", la.cause, la.fix_note)
     OUT.print(t)
     fix = d.suggestion()
     if fix is not None:
-        OUT.print(f"suggested recipe change ({fix.note.split(':')[0]} -> {fix.precision}): add to the target's .toml\n"
-                  f"  [[quantize.overrides]]\n  layer = '{fix.layer}'\n  precision = \"{fix.precision}\"\n"
-                  f"or let edgekit search: edgekit convert MODEL --target {d.target} --max-accuracy-drop 0.5 --data VAL.npz",
-                  soft_wrap=True, highlight=False, markup=False)
+        OUT.print(text(f"suggested recipe change ({fix.note.split(':')[0]} -> {fix.precision}): add to the target's .toml\n"
+                       f"  [[quantize.overrides]]\n  layer = '{fix.layer}'\n  precision = \"{fix.precision}\"\n"
+                       f"or let edgekit search: edgekit convert MODEL --target {d.target} --max-accuracy-drop 0.5 --data VAL.npz"),
+                  soft_wrap=True, highlight=False)
     elif d.layers and d.layers[0].fix == "per_channel":
-        OUT.print("suggested recipe change: set per_channel = true under [quantize] in the target")
+        say(OUT, "suggested recipe change: set per_channel = true under [quantize] in the target")
     elif d.layers:
-        OUT.print(f"no layer stands out: the worst keeps {d.layers[0].sqnr_out_db:.1f} dB with no known cause; nothing to change")
+        say(OUT, f"no layer stands out: the worst keeps {d.layers[0].sqnr_out_db:.1f} dB with no known cause; nothing to change")
     _write_json(json_path, {"command": "diagnose", **d.to_json()})
 
 
 @cli.command()
 @click.option("--no-probe", is_flag=True, help="Only list the profiles; do not try to reach them.")
-@click.option("--json", "json_path", type=click.Path(), help="Write the profiles (and what answered) here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the profiles (and what answered) here.")
 def devices(no_probe, json_path):
     """List device profiles (shipped, $EDGEKIT_DEVICES, ./devices) and whether each answers now."""
     from edgekit.devices.profiles import list_profiles, open_device
 
-    t = Table(title="edgekit devices", title_justify="left")
-    for col in ("device", "transport", "address", "runner", "answers", "description"):
-        t.add_column(col, overflow="fold")
+    t = table("edgekit devices", [(col, {"overflow": "fold"}) for col in ("device", "transport", "address", "runner", "answers", "description")])
     rows = []
     for p in list_profiles():
-        answer = "-"
+        answer, shown = "-", "-"
         if not no_probe:
             try:
                 with open_device(p) as dev:
                     info = dev.info()
-                answer = f"[green]yes[/] ({info.arch})"
+                answer, shown = f"yes ({info.arch})", line(("yes", "green"), f" ({info.arch})")
             except EdgekitError as exc:
-                answer = f"[red]no[/]: {str(exc)[:70]}"
+                answer = f"no: {str(exc)[:70]}"
+                shown = line(("no", "red"), answer[2:])
         address = {"ssh": f"{p.user + '@' if p.user else ''}{p.host}{':' + str(p.port) if p.port else ''}",
                    "adb": p.serial or "(only device)", "local": "-"}[p.transport]
-        t.add_row(p.name, p.transport, address, p.runner, answer, p.description)
+        row(t, p.name, p.transport, address, p.runner, shown, p.description)
         rows.append({**p.to_dict(), "answers": answer})
     OUT.print(t)
     _write_json(json_path, {"command": "devices", "devices": rows})
@@ -381,17 +467,16 @@ def devices(no_probe, json_path):
 @cli.command()
 @click.option("-d", "--device", default="local", show_default=True, help="Profile name, .toml, ssh://… or adb://….")
 @click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model binary to check for.")
-@click.option("--json", "json_path", type=click.Path(), help="Write the checks here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the checks here.")
 def doctor(device, benchmark_binary, json_path):
     """Check what DEVICE lacks for `edgekit bench`, with the command that fixes each gap."""
     from edgekit.doctor import diagnose, healthy
 
     profile, checks = diagnose(device, benchmark_binary)
-    t = Table(title=f"edgekit doctor: {profile.name} ({profile.transport}, {profile.runner} runner)", title_justify="left")
-    for col in ("check", "", "detail", "fix"):
-        t.add_column(col, overflow="fold")
+    t = table(f"edgekit doctor: {profile.name} ({profile.transport}, {profile.runner} runner)",
+              [(col, {"overflow": "fold"}) for col in ("check", "", "detail", "fix")])
     for c in checks:
-        t.add_row(c.name, "[green]✓[/]" if c.ok else "[red]✗[/]", c.detail, c.fix)
+        row(t, c.name, text("✓", "green") if c.ok else text("✗", "red"), c.detail, c.fix)
     OUT.print(t)
     _write_json(json_path, {"command": "doctor", "device": profile.to_dict(), "checks": [c.to_json() for c in checks]})
     if not healthy(checks):
@@ -400,9 +485,9 @@ def doctor(device, benchmark_binary, json_path):
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write the self-contained HTML page (table and plots) here.")
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Write the Markdown table here.")
-@click.option("--json", "json_path", type=click.Path(), help="Write the rows as JSON here.")
+@click.option("--html", "html_path", type=OUTPUT_FILE, help="Write the self-contained HTML page (table and plots) here.")
+@click.option("--markdown", "md_path", type=OUTPUT_FILE, help="Write the Markdown table here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the rows as JSON here.")
 def report(paths, html_path, md_path, json_path):
     """Report card over PATH...: artifact folders (or folders holding them) and `edgekit bench/eval --json` files.
 
@@ -412,49 +497,66 @@ def report(paths, html_path, md_path, json_path):
     """
     from edgekit.report import COLUMNS, collect, default_output
 
+    page = html_path or (None if md_path else default_output(paths[0]))
+    if page is not None and not html_path and Path(paths[0]).exists():
+        check_output(str(page), "the report page (--html)")
     rep = collect(paths)
-    t = Table(title="edgekit report", title_justify="left")
-    for col in COLUMNS:
-        t.add_column(col, justify="left" if col in ("model", "target", "device", "accuracy from", "artifact") else "right", overflow="fold")
+    t = table("edgekit report", [(col, {"justify": "left" if col in ("model", "target", "device", "accuracy from", "artifact") else "right",
+                                        "overflow": "fold"}) for col in COLUMNS])
     for cells in rep.table():
-        t.add_row(*cells)
+        row(t, *cells)
     OUT.print(t)
     for note in rep.notes:
-        ERR.print(f"[yellow]note[/] {note}", soft_wrap=True, highlight=False)
-    for path in rep.write(html=html_path or (None if md_path else default_output(paths[0])), markdown=md_path):
-        ERR.print(f"wrote {path}", highlight=False)
+        say(ERR, ("note", "yellow"), f" {note}")
+    for path in rep.write(html=page, markdown=md_path):
+        say(ERR, f"wrote {path}")
     _write_json(json_path, {"command": "report", **rep.to_json()})
 
 
 def main(argv: list[str] | None = None) -> None:
+    from edgekit._util import Terminated, install_signal_handlers
+
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    install_signal_handlers()  # SIGTERM / SIGHUP clean up like Ctrl-C
     try:
         cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:
         if debug:
             raise
-        ERR.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        say(ERR, ("error:", "red"), f" {exc}")
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        ERR.print("[red]interrupted[/]")
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and so Terminated) into Abort
+        if isinstance(exc.__cause__, Terminated) and exc.__cause__.signum != signal.SIGINT:
+            say(ERR, ("terminated", "red"), f" by signal {exc.__cause__.signum}")
+            sys.exit(128 + exc.__cause__.signum)
+        say(ERR, ("interrupted", "red"))
         sys.exit(130)
     except click.ClickException as exc:
-        ERR.print(f"[red]error:[/] {exc.format_message()}; see `edgekit --help`", highlight=False, soft_wrap=True)
+        say(ERR, ("error:", "red"), f" {exc.format_message()}; see `edgekit --help`")
         sys.exit(exc.exit_code)
+    except Terminated as exc:
+        if exc.signum == signal.SIGINT:
+            say(ERR, ("interrupted", "red"))
+            sys.exit(130)
+        say(ERR, ("terminated", "red"), f" by signal {exc.signum}")
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
-        ERR.print("[red]interrupted[/]")
+        say(ERR, ("interrupted", "red"))
         sys.exit(130)
     except Exception as exc:  # a bug, or a library failing in a way we did not foresee
         if debug:
             raise
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        ERR.print(f"[red]error:[/] internal error: {type(exc).__name__}: {first} (re-run with --debug for the traceback)", highlight=False, soft_wrap=True)
+        say(ERR, ("error:", "red"), f" internal error: {type(exc).__name__}: {first} (re-run with --debug for the traceback)")
         sys.exit(1)
 
 
 from edgekit.compress.commands import COMMANDS as _COMPRESS  # noqa: E402
 
 for _c in _COMPRESS:
+    for _p in _c.params:  # their --json is checked before the work, like every other command's
+        if _p.name == "json_path":
+            _p.type = OUTPUT_FILE
     cli.add_command(_c)
 
 

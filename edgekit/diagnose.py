@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edgekit._util import work_dir
 from edgekit.errors import UsageError
 from edgekit.validate import SQNR_CAP_DB
 
@@ -337,7 +337,7 @@ def _float_twin(art, spec, work: Path):
     from edgekit.targets import load_target
 
     tgt = load_target(art.path)
-    channels_last = any(i.get("layout") == "NHWC" for i in art.manifest["inputs"])
+    channels_last = any(i.layout == "NHWC" for i in art.manifest.inputs)
     return export_float(spec, tgt, channels_last, work, Stages(None))
 
 
@@ -365,28 +365,55 @@ def diagnose(artifact: str | Path, *, model=None, weights=None, data=None, sampl
     from edgekit.sources import load_model
 
     art = Artifact.load(artifact)
-    t = art.manifest.get("target", {})
-    q = t.get("quant", {})
+    t = art.manifest.target
+    q = t.get("quant") if isinstance(t.get("quant"), dict) else {}
     if q.get("mode") not in ("static",) or q.get("backend") not in ("aeq", "ort"):
         raise UsageError(f"{art.target} is not a static int8 artifact made by ai-edge-quantizer or ONNX Runtime: nothing to diagnose",
                          "diagnose tflite-int8, tflite-int16x8, onnx-int8 or artifacts made from them")
-    src = model or art.manifest["model"]["source"]
-    weights = weights or art.manifest["model"].get("weights")
-    shapes = [tuple(i["source_shape"]) for i in art.manifest["inputs"]]
+    src, weights = _float_source(art, model, weights)
+    shapes = [i.source_shape for i in art.manifest.inputs]
     spec = load_model(src, shapes, weights, trust_pickle)
-    source = data if data is not None else (art.manifest.get("calibration") or {}).get("source") or spec.default_calibration
+    source = data if data is not None else _recorded_dataset(art) or spec.default_calibration
     if source is None:
         raise UsageError("no inputs to diagnose on", "pass --data (the calibration data is a good choice)")
     split = "train"
     if isinstance(source, str) and source.endswith((":train", ":test")) and not Path(source).exists():
         source, split = source.rsplit(":", 1)  # a named dataset as the manifest records it, e.g. digits:train
     ds = load_calibration(source, spec.input_names, spec.input_shapes, split=split, spec_name=data_spec).take(slice(0, samples))
-    work = Path(tempfile.mkdtemp(prefix="edgekit-diagnose-"))
+    work = Path(work_dir("diagnose"))
     try:
         fm = _float_twin(art, spec, work)
         feed = calib_samples(spec, fm, ds)
-        layers = layer_errors(art.manifest["format"], fm.path, art.model_path, feed, work, q.get("per_channel", True))
+        layers = layer_errors(art.manifest.format, fm.path, art.model_path, feed, work, q.get("per_channel", True))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = min((la.sqnr_out_db for la in layers), default=SQNR_CAP_DB)
-    return Diagnosis(str(artifact), art.target, art.manifest["format"], len(ds), out, layers)
+    return Diagnosis(str(artifact), art.target, art.manifest.format, len(ds), out, layers)
+
+
+def _float_source(art, model, weights) -> tuple:
+    """The float model to compare against. A received artifact is data: the model its manifest names is
+    never imported (that would run its code) unless the user names it; edgekit's own bundled example is
+    the one exception, since its code ships inside edgekit."""
+    from edgekit.sources import DEFAULT_MODEL
+
+    recorded = art.manifest.model.get("source")
+    if model is not None:
+        return model, weights
+    if recorded == DEFAULT_MODEL:
+        return DEFAULT_MODEL, None
+    named = f" (its manifest names {recorded!r})" if isinstance(recorded, str) and recorded else ""
+    raise UsageError(f"diagnose needs the float model of {art.path}{named}",
+                     "pass --model SOURCE (and --weights); edgekit never imports code an artifact's manifest names")
+
+
+def _recorded_dataset(art) -> str | None:
+    """The calibration data the manifest records, only when it is one of edgekit's named datasets
+    (a path in a received manifest could point anywhere on this machine)."""
+    from edgekit.datasets import LOADERS
+
+    source = (art.manifest.calibration or {}).get("source")
+    if not isinstance(source, str):
+        return None
+    name = source.rsplit(":", 1)[0] if source.endswith((":train", ":test")) else source
+    return source if name in LOADERS and not Path(name).exists() else None

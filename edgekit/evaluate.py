@@ -84,7 +84,7 @@ def _device_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], 
             dev.push(tmp / "inputs.npz", f"{remote}/inputs.npz")
             argv = [PythonRunner().python(dev, profile), pyz, "--artifact", target,
                     "--threads", str(threads or profile.threads or 0), "--eval", f"{remote}/inputs.npz", f"{remote}/outputs.npz"]
-            r = dev.run(argv, max(profile.timeout_s * 5, 600))
+            r = dev.run_in_group(argv, remote, max(profile.timeout_s * 5, 600))  # stopped as a whole on timeout or Ctrl-C
             report = runner_report(r.stdout) or {"ok": False, "error": (r.stderr or r.stdout)[-300:]}
             if not report.get("ok"):
                 raise DeviceError(f"eval on {dev.name} failed: {report.get('error')}", f"run `edgekit doctor --device {profile.name}`")
@@ -102,8 +102,8 @@ def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels
              threads: int | None = None, samples: int | None = None, batch: int = 256,
              progress: ProgressFn | None = None) -> EvalResult:
     art = Artifact.load(artifact)
-    names = [i["name"] for i in art.manifest["inputs"]]
-    shapes = [i["source_shape"] for i in art.manifest["inputs"]]
+    names = [i.name for i in art.manifest.inputs]
+    shapes = [i.source_shape for i in art.manifest.inputs]
     ds = load_calibration(data, names, shapes, split="test", spec_name=data_spec, labels_key=labels_key)
     if samples:
         ds = ds.take(slice(0, samples))

@@ -18,13 +18,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from edgekit.devices.base import Device
 from edgekit.devices.profiles import DeviceProfile, open_device, resolve
 from edgekit.errors import DeviceError, EdgekitError, UsageError
+
+if TYPE_CHECKING:
+    from edgekit.runtime.manifest import Manifest
 
 CV_WARN = 0.05
 TEMP_RISE_WARN_C = 5.0
@@ -95,16 +98,13 @@ def _thermal_warnings(before: dict, after: dict) -> list[str]:
     return out
 
 
-def _artifact_files(path: Path) -> tuple[Path, dict | None]:
+def _artifact_files(path: Path) -> tuple[Path, "Manifest | None"]:
     """(model file, manifest or None) for an artifact folder or a bare model file."""
-    from edgekit.runtime import read_manifest
+    from edgekit.runtime.manifest import model_file, read_manifest
 
     if path.is_dir():
         manifest = read_manifest(path)
-        model = path / manifest["file"]
-        if not model.is_file():
-            raise UsageError(f"{path} is missing its model file {manifest['file']}", "re-run edgekit convert")
-        return model, manifest
+        return model_file(path, manifest), manifest
     if not path.is_file():
         raise UsageError(f"artifact not found: {path}", "give an artifact folder from `edgekit convert` or a .tflite/.onnx file")
     if path.suffix not in (".tflite", ".onnx"):
@@ -122,14 +122,17 @@ def push_runner(device: Device, remote: str) -> str:
     return target
 
 
-def push_artifact(device: Device, remote: str, model: Path, manifest: dict | None) -> str:
+def push_artifact(device: Device, remote: str, model: Path, manifest: "Manifest | None") -> str:
     """Put an artifact (folder: manifest + model) or a bare model file in the remote folder."""
     if manifest is None:
         device.push(model, f"{remote}/{model.name}")
         return f"{remote}/{model.name}"
     target = f"{remote}/artifact"
     device.run(["mkdir", "-p", target], 30).check("creating the artifact folder")
-    device.push(model.parent / "manifest.json", f"{target}/manifest.json")
+    from edgekit.runtime.manifest import MANIFEST, model_file
+
+    model = model_file(model.parent, manifest)  # the manifest's own file, inside the folder, never a path it names elsewhere
+    device.push(model.parent / MANIFEST, f"{target}/{MANIFEST}")
     device.push(model, f"{target}/{model.name}")
     return target
 
@@ -144,7 +147,7 @@ class PythonRunner:
             return profile.python
         return sys.executable if device.transport == "local" else "python3"
 
-    def bench(self, device: Device, profile: DeviceProfile, model: Path, manifest: dict | None,
+    def bench(self, device: Device, profile: DeviceProfile, model: Path, manifest,
               opts: BenchOptions, threads: int | None, timeout_s: float) -> BenchResult:
         res = BenchResult(str(model.parent if manifest else model), device.name, runner=self.name)
         with device.session() as remote:
@@ -155,7 +158,7 @@ class PythonRunner:
                     "--threads", str(threads or 0)]
             if profile.cpu_mask:
                 argv = ["taskset", profile.cpu_mask, *argv]
-            r = device.run(argv, timeout_s)
+            r = device.run_in_group(argv, remote, timeout_s)  # stopped as a whole on timeout or Ctrl-C
         data = runner_report(r.stdout)
         if data is None:
             raise DeviceError(f"the runner on {device.name} failed (exit {r.exit_code}): {_tail(r.stderr or r.stdout)}",
@@ -177,7 +180,7 @@ class BenchmarkModelRunner:
 
     name = "benchmark_model"
 
-    def bench(self, device: Device, profile: DeviceProfile, model: Path, manifest: dict | None,
+    def bench(self, device: Device, profile: DeviceProfile, model: Path, manifest,
               opts: BenchOptions, threads: int | None, timeout_s: float) -> BenchResult:
         from edgekit import benchmark_model
 
@@ -202,7 +205,7 @@ class BenchmarkModelRunner:
                 argv.append(f"--num_threads={threads}")
             if profile.cpu_mask:
                 argv = ["taskset", profile.cpu_mask, *argv]
-            r = device.run(argv, timeout_s)
+            r = device.run_in_group(argv, remote, timeout_s)  # stopped as a whole on timeout or Ctrl-C
             res.thermal_after = _shell_thermal(device)
         if r.exit_code != 0:
             raise DeviceError(f"benchmark_model failed on {device.name} (exit {r.exit_code}): {_tail(r.stderr or r.stdout)}")
@@ -273,7 +276,7 @@ def _bench_one(device: Device, profile: DeviceProfile, artifact: Path, opts: Ben
     timeout_s = opts.timeout_s or profile.timeout_s * 5
     res = runner.bench(device, profile, model, manifest, opts, threads, timeout_s)
     res.artifact = str(artifact)
-    res.target = (manifest or {}).get("target", {}).get("name", model.suffix.lstrip("."))
+    res.target = manifest.target_name if manifest is not None else model.suffix.lstrip(".")
     res.size_bytes = model.stat().st_size
     res.threads = threads
     cv = res.stats.get("cv")

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from edgekit import __version__
-from edgekit._util import ProgressFn, Stages, tool_versions
+from edgekit._util import ProgressFn, Stages, check_terminated, tool_versions, work_dir
 from edgekit.artifact import Artifact, Staging, sha256
 from edgekit.calibration import CalibrationData, load_calibration, split_holdout
 from edgekit.errors import CalibrationError, ConversionError, EdgekitError, UsageError
-from edgekit.runtime import MANIFEST, open_backend
+from edgekit.runtime import open_backend
+from edgekit.runtime.manifest import Manifest, Quantization, TensorSpec, Validation, safe_name, write_manifest
 from edgekit.sources import ModelSpec, load_model
 from edgekit.targets import Target, load_target
 from edgekit.validate import compare, verdict
@@ -52,7 +53,7 @@ class ConvertResult:
                 "artifact": self.artifact.to_json()}
 
 
-def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list[dict], list[dict]]:
+def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list[TensorSpec], list[TensorSpec]]:
     from edgekit.export.onnx import output_names
 
     ref = spec.reference_outputs()
@@ -60,10 +61,12 @@ def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list
     if len(backend.inputs) != len(spec.input_names) or len(backend.outputs) != len(ref):
         raise ConversionError(f"the artifact has {len(backend.inputs)} inputs / {len(backend.outputs)} outputs, the model "
                               f"{len(spec.input_names)} / {len(ref)}", "the converter dropped or merged tensors; run with --debug")
-    inputs = [{"name": spec.input_names[i], **t.to_dict(), "layout": in_layouts[i], "source_layout": src_in[i],
-               "source_shape": list(spec.input_shapes[i])} for i, t in enumerate(backend.inputs)]
-    outputs = [{"name": name, **t.to_dict(), "layout": out_layouts[i], "source_layout": src_out[i], "source_shape": list(ref[i].shape)}
-               for i, (name, t) in enumerate(zip(output_names(spec), backend.outputs))]
+    def tensor(name, t, layout, source_layout, source_shape) -> TensorSpec:
+        q = Quantization(t.scale, t.zero_point) if t.scale is not None else None
+        return TensorSpec(name, tuple(t.shape), t.dtype, t.name, layout, source_layout, tuple(int(d) for d in source_shape), q)
+
+    inputs = [tensor(spec.input_names[i], t, in_layouts[i], src_in[i], spec.input_shapes[i]) for i, t in enumerate(backend.inputs)]
+    outputs = [tensor(name, t, out_layouts[i], src_out[i], ref[i].shape) for i, (name, t) in enumerate(zip(output_names(spec), backend.outputs))]
     return inputs, outputs
 
 
@@ -140,7 +143,9 @@ def _with_calib_method(tgt: Target, method: str | None) -> Target:
 
 
 def default_dest(spec: ModelSpec, tgt: Target, root: str | Path = "out") -> Path:
-    return Path(root) / f"{spec.name}-{tgt.name}"
+    """out/<model>-<target>: both parts are plain names (targets are checked on load; the model's name
+    comes from a file name and is reduced to safe characters), so the folder never lands outside `root`."""
+    return Path(root) / f"{safe_name(spec.name)}-{tgt.name}"
 
 
 def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Target = DEFAULT_TARGET, *,
@@ -175,7 +180,7 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
     if channels_last and tgt.format != "tflite":
         warnings.append("--channels-last applies to TFLite only: this ONNX artifact keeps the PyTorch layout")
     staging = Staging(dest)
-    work = Path(tempfile.mkdtemp(prefix="edgekit-"))
+    work = Path(work_dir("convert"))
     stages = Stages(progress)
     try:
         model_file = staging.path / f"model{tgt.extension}"
@@ -186,33 +191,32 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
             recipe, in_layouts, out_layouts = _build(spec, tgt, calib, channels_last, model_file, work, stages)
         backend = open_backend(model_file)
         inputs, outputs = _io_entries(spec, backend, in_layouts, out_layouts)
-        manifest = {
-            "schema": 1, "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "file": model_file.name, "format": tgt.format, "precision": tgt.precision, "target": tgt.to_dict(),
-            "model": {"source": spec.source, "weights": spec.weights, "name": spec.name, "num_params": spec.num_params, "param_bytes_fp32": spec.param_bytes_fp32},
-            "inputs": inputs, "outputs": outputs, "recipe": recipe,
-            "calibration": ({**calib.summary(), "method": tgt.quant.calib_method} if calib is not None and tgt.quant.needs_calibration else None),
-            "size_bytes": model_file.stat().st_size, "sha256": sha256(model_file),
-            "size_ratio_to_fp32_params": round(model_file.stat().st_size / max(1, spec.param_bytes_fp32), 4),
-            "tool_versions": tool_versions(),
-        }
-        _write_manifest(staging.path, manifest)
+        manifest = Manifest(
+            file=model_file.name, format=tgt.format, inputs=inputs, outputs=outputs, precision=tgt.precision,
+            target=tgt.to_dict(), recipe=recipe, edgekit_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            model={"source": spec.source, "weights": spec.weights, "name": safe_name(spec.name), "num_params": spec.num_params,
+                   "param_bytes_fp32": spec.param_bytes_fp32},
+            calibration=({**calib.summary(), "method": tgt.quant.calib_method} if calib is not None and tgt.quant.needs_calibration else None),
+            size_bytes=model_file.stat().st_size, sha256=sha256(model_file), tool_versions=tool_versions(),
+            extra={"size_ratio_to_fp32_params": round(model_file.stat().st_size / max(1, spec.param_bytes_fp32), 4)})
+        write_manifest(staging.path, manifest)
         with stages.stage("validate"):
             from edgekit.runtime import Model
 
             outs = Model(staging.path).run_batch(*(val.arrays[n] for n in spec.input_names))
             figures = compare(spec.outputs_for(val), outs, val.labels)
             status, reasons = verdict(figures, tgt.validation)
-        manifest["validation"] = {"status": status, "reasons": reasons, "inputs": val.source, "synthetic_inputs": val.synthetic, **figures}
+        manifest.validation = Validation(status, tuple(reasons), str(val.source), bool(val.synthetic), figures)
         if budget_report is not None:
-            manifest["accuracy_budget"] = budget_report.to_json()
+            manifest.extra["accuracy_budget"] = budget_report.to_json()
             if not budget_report.met:
                 warnings.append(f"accuracy budget not met: {budget_report.metric} drop {budget_report.to_json()['drop_points']:.2f} points "
                                 f"> {budget_report.max_drop_points} ({budget_report.reason}); kept the closest artifact")
-        manifest["stages"] = stages.timings
-        manifest["convert_seconds"] = round(time.perf_counter() - t_start, 3)
-        manifest["warnings"] = list(warnings)
-        _write_manifest(staging.path, manifest)
+        manifest.extra["stages"] = stages.timings
+        manifest.extra["convert_seconds"] = round(time.perf_counter() - t_start, 3)
+        manifest.warnings = list(warnings)
+        write_manifest(staging.path, manifest)
         (staging.path / "convert.log").write_text(stages.log.getvalue())
         staging.commit()
     except BaseException:
@@ -221,12 +225,6 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Artifact(dest, manifest)
-
-
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    import json
-
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 @dataclass
@@ -304,7 +302,7 @@ def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels
     def quantize(t: Target) -> np.ndarray:
         infos.append(quantize_float(fm, spec, t, calib, model_file, work, stages))
         inputs, outputs = _io_entries(spec, open_backend(model_file), fm.in_layouts, fm.out_layouts)
-        _write_manifest(model_file.parent, {"file": model_file.name, "format": t.format, "inputs": inputs, "outputs": outputs})
+        write_manifest(model_file.parent, Manifest(model_file.name, t.format, inputs, outputs))
         with stages.stage("measure"):
             return Model(model_file.parent).run_batch(*(data.arrays[n] for n in spec.input_names))[0]
 
@@ -379,6 +377,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         try:
             res.artifact = _convert_one(spec, tgt, calib, val, dest, channels_last, cb, res.warnings, budget)
         except EdgekitError as exc:
+            check_terminated()  # a signal a library turned into an ordinary error still ends the run
             res.error = exc
         results.append(res)
     return results

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from edgekit.artifact import sha256
 from edgekit.errors import UsageError
-from edgekit.runtime import MANIFEST, read_manifest
+from edgekit.runtime.manifest import MANIFEST, Manifest, read_manifest
 
 RESULT_COMMANDS = ("bench", "eval")
 _GIVE = "give artifact folders from `edgekit convert` (or folders holding them) and JSON files from `edgekit bench/eval --json`"
@@ -58,7 +59,7 @@ class _Entry:
     """Everything known about one artifact: its manifest (None if only results name it), evals, benches by device."""
 
     ref: str
-    manifest: dict | None = None
+    manifest: Manifest | None = None
     evals: list[dict] = field(default_factory=list)
     benches: dict[str, dict] = field(default_factory=dict)
 
@@ -66,43 +67,137 @@ class _Entry:
 # ------------------------------------------------------------------ reading
 
 
-def _read_result(path: Path) -> dict | None:
-    """A bench/eval result written by `--json`, None for any other JSON; unreadable JSON is an error."""
+_FIX = "fix or remove the file, or pass only the folders and files to report on"
+_LIMIT = 1e15  # beyond any size in bytes, latency in ms or run count a result can hold
+
+
+class _Malformed(Exception):
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where} {problem}")
+
+
+def _shown(v) -> str:
+    if isinstance(v, str):
+        return repr(v if len(v) <= 40 else v[:40] + "…")
+    if isinstance(v, (bool, int, float)) or v is None:
+        return json.dumps(v) if not isinstance(v, int) or abs(v) <= _LIMIT else "a huge number"
+    return "a list" if isinstance(v, list) else "an object" if isinstance(v, dict) else type(v).__name__
+
+
+def _string(d: dict, key: str, where: str, required: bool = False) -> None:
+    v = d.get(key)
+    if v is None and not required:
+        return
+    if not isinstance(v, str):
+        raise _Malformed(f"{where}{key}", "is missing" if v is None else f"is {_shown(v)}, not text")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}", "fix or remove the file, or pass only the folders and files to report on") from None
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Malformed(f"{where}{key}", "is not valid text (a lone surrogate)") from None
+
+
+def _number(v, where: str, integer: bool = False, minimum: float = -_LIMIT) -> None:
+    """A finite JSON number in [minimum, 1e15] (NaN, Infinity, true/false and strings are refused); None passes."""
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+        raise _Malformed(where, f"is {_shown(v)}, not {'an integer' if integer else 'a number'}")
+    if (isinstance(v, float) and not math.isfinite(v)) or not minimum <= v <= _LIMIT:
+        raise _Malformed(where, f"is {_shown(v)}, out of range")
+
+
+def _object(d: dict, key: str, where: str, required: bool = False) -> dict:
+    v = d.get(key)
+    if v is None and not required:
+        return {}
+    if not isinstance(v, dict):
+        raise _Malformed(f"{where}{key}", "is missing" if v is None else f"is {_shown(v)}, not an object")
+    return v
+
+
+def _check_result(data: dict) -> None:
+    """Every field the report reads has the type it needs: text is text, numbers are finite and in range.
+    Fields the report does not read are left alone."""
+    items = [(f"results[{i}].", r) for i, r in enumerate(data["results"])] if data["command"] == "bench" else [("", data)]
+    for where, r in items:
+        for key in ("artifact", "target", "device", "status", "error", "runner"):
+            _string(r, key, where, required=key == "artifact")
+        _number(r.get("size_bytes"), f"{where}size_bytes", integer=True, minimum=0)
+        _number(r.get("samples"), f"{where}samples", integer=True, minimum=0)
+        if data["command"] == "eval":
+            metrics = _object(r, "metrics", where, required=True)
+            for key in ("top1", "top1_agreement", "sqnr_db"):
+                _number(metrics.get(key), f"{where}metrics.{key}")
+            continue
+        if r.get("stats") is not None:
+            stats = _object(r, "stats", where)
+            for key in ("p50_ms", "p90_ms", "p99_ms"):
+                _number(stats.get(key), f"{where}stats.{key}", minimum=0)
+            _number(stats.get("runs"), f"{where}stats.runs", integer=True, minimum=0)
+        samples = r.get("samples_ms")
+        if samples is not None:
+            if not isinstance(samples, list):
+                raise _Malformed(f"{where}samples_ms", f"is {_shown(samples)}, not a list of numbers")
+            for i, v in enumerate(samples):
+                if v is None:
+                    raise _Malformed(f"{where}samples_ms[{i}]", "is null, not a number")
+                _number(v, f"{where}samples_ms[{i}]", minimum=0)
+
+
+def _read_result(path: Path, shown: str | None = None) -> dict | None:
+    """A bench/eval result written by `--json`, None for any other JSON; unreadable or malformed JSON is an error
+    whose message names the file as the user gave it (`shown`) and the field that is wrong."""
+    shown = shown or str(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {shown}: {exc.strerror or exc}", _FIX) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {shown}: not UTF-8 text", _FIX) from None
+    except RecursionError:
+        raise UsageError(f"cannot read {shown}: JSON nested too deeply", _FIX) from None
+    except ValueError as exc:  # JSONDecodeError, or an integer literal of thousands of digits
+        problem = (str(exc).splitlines() or ["?"])[0]
+        raise UsageError(f"cannot read {shown}: not valid JSON ({problem[:120]})", _FIX) from None
     if not isinstance(data, dict) or data.get("command") not in RESULT_COMMANDS:
         return None
     items = data.get("results") if data["command"] == "bench" else [data]
     if not isinstance(items, list) or not all(isinstance(r, dict) and isinstance(r.get("artifact"), str) for r in items):
-        raise UsageError(f"{path} is an `edgekit {data['command']}` result without the artifacts it measured",
+        raise UsageError(f"{shown} is an `edgekit {data['command']}` result without the artifacts it measured",
                          f"re-run `edgekit {data['command']} ... --json {path.name}`")
+    try:
+        _check_result(data)
+    except _Malformed as exc:
+        raise UsageError(f"{shown} is not a well-formed `edgekit {data['command']}` result: {exc}",
+                         f"re-run `edgekit {data['command']} ... --json {path.name}`, or {_FIX}") from None
     return data
 
 
 def _scan(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, dict]]]:
     """(artifact folders, [(json file, result)]) under `paths`; hidden folders (staging, .git) are skipped."""
     folders: list[Path] = []
-    files: dict[Path, bool] = {}  # json file -> named explicitly (so it must be a result)
-    for p in map(Path, paths):
+    files: dict[Path, tuple[bool, str]] = {}  # json file -> (named explicitly (so it must be a result), its path as the user wrote it)
+    for given in map(str, paths):
+        p = Path(given)
         if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p):
+            for dirpath, dirnames, filenames in os.walk(given):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 if MANIFEST in filenames:
                     folders.append(Path(dirpath))
-                files.update({Path(dirpath) / f: False for f in sorted(filenames) if f.endswith(".json") and f != MANIFEST})
+                files.update({Path(dirpath) / f: (False, os.path.join(dirpath, f))
+                              for f in sorted(filenames) if f.endswith(".json") and f != MANIFEST})
         elif p.name == MANIFEST:
             folders.append(p.parent)
         elif p.is_file() and p.suffix == ".json":
-            files[p] = True
+            files[p] = (True, given)
         else:
-            raise UsageError(f"{'not a folder or .json file' if p.exists() else 'no such file or folder'}: {p}", _GIVE)
+            raise UsageError(f"{'not a folder or .json file' if p.exists() else 'no such file or folder'}: {given}", _GIVE)
     results = []
     for f in sorted(files, key=lambda f: (f.stat().st_mtime, str(f))):  # later measurements override earlier ones
-        result = _read_result(f)
-        if result is None and files[f]:
-            raise UsageError(f"{f} is not an `edgekit bench` or `edgekit eval` result", _GIVE)
+        named, shown = files[f]
+        result = _read_result(f, shown)
+        if result is None and named:
+            raise UsageError(f"{shown} is not an `edgekit bench` or `edgekit eval` result", _GIVE)
         if result is not None:
             results.append((f, result))
     return list(dict.fromkeys(folders)), results
@@ -123,23 +218,26 @@ class _Index:
         if key not in self.entries:
             manifest = read_manifest(folder)
             self.entries[key] = _Entry(str(folder), manifest)
-            self.by_sha[manifest.get("sha256", "")] = key
+            self.by_sha[manifest.sha256] = key
         return key
 
     def _folder(self, folder: Path, file: str | None = None) -> Path | None:
         if not (folder / MANIFEST).is_file():
             return None
         key = self._add(folder)
-        return key if file is None or self.entries[key].manifest.get("file") == file else None
+        return key if file is None or self.entries[key].manifest.file == file else None
 
     def _find(self, ref: str, json_file: Path) -> Path | None:
         # The path as given to bench/eval: relative to where they ran (usually here) or to the JSON file.
         for cand in dict.fromkeys((Path(ref), json_file.parent / ref)):
-            if cand.is_dir():
-                found = self._folder(cand)
-            elif cand.is_file():  # a bare model file: its artifact folder, or any artifact with the same bytes
-                found = self._folder(cand.parent, cand.name) or self.by_sha.get(sha256(cand))
-            else:
+            try:
+                if cand.is_dir():
+                    found = self._folder(cand)
+                elif cand.is_file():  # a bare model file: its artifact folder, or any artifact with the same bytes
+                    found = self._folder(cand.parent, cand.name) or self.by_sha.get(sha256(cand))
+                else:
+                    continue
+            except (OSError, ValueError):  # a name too long for a path, a NUL in it: not a file we can find
                 continue
             if found:
                 return found
@@ -158,9 +256,10 @@ class _Index:
 # ------------------------------------------------------------------ rows
 
 
-def _ratio(manifest: dict) -> float | None:
-    param_bytes = (manifest.get("model") or {}).get("param_bytes_fp32")
-    return manifest["size_bytes"] / param_bytes if param_bytes and manifest.get("size_bytes") else None
+def _ratio(manifest: Manifest | None) -> float | None:
+    if manifest is None or not manifest.param_bytes_fp32 or not manifest.size_bytes:
+        return None
+    return manifest.size_bytes / manifest.param_bytes_fp32
 
 
 def _first(*values):
@@ -169,14 +268,15 @@ def _first(*values):
 
 def _base_row(e: _Entry) -> Row:
     """The artifact's row before any latency: from its manifest, the best eval (most samples), else the results alone."""
-    m, seen = e.manifest or {}, [*e.benches.values(), *e.evals]
-    v = m.get("validation") or {}
+    m, seen = e.manifest, [*e.benches.values(), *e.evals]
+    v = m.validation.to_dict() if m is not None and m.validation else {}
     ev = max(e.evals, key=lambda r: r.get("samples") or 0)["metrics"] if e.evals else {}
     acc = _first(ev.get("top1"), v.get("accuracy"))
-    return Row(model=(m.get("model") or {}).get("name", "?"), artifact=e.ref,
-               target=_first((m.get("target") or {}).get("name"), *(r.get("target") for r in seen), "?"),
-               format=m.get("format", ""), precision=m.get("precision", ""), sha256=m.get("sha256", ""),
-               size_bytes=_first(m.get("size_bytes"), *(r.get("size_bytes") for r in seen)), size_vs_fp32_params=_ratio(m),
+    return Row(model=(m.model_name if m is not None else "") or "?", artifact=e.ref,
+               target=_first(m.target.get("name") if m is not None else None, *(r.get("target") for r in seen), "?"),
+               format=m.format if m is not None else "", precision=m.precision if m is not None else "",
+               sha256=m.sha256 if m is not None else "",
+               size_bytes=_first(m.size_bytes if m is not None else None, *(r.get("size_bytes") for r in seen)), size_vs_fp32_params=_ratio(m),
                accuracy=acc, accuracy_source="" if acc is None else "eval" if ev.get("top1") is not None else "validation",
                top1_agreement=_first(ev.get("top1_agreement"), v.get("top1_agreement")),
                sqnr_db=_first(ev.get("sqnr_db"), v.get("sqnr_db")), validation_status=v.get("status", ""))
@@ -248,11 +348,11 @@ class Report:
 
     def to_markdown(self) -> str:
         def line(cells) -> str:
-            return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+            return "| " + " | ".join(md_text(c) for c in cells) + " |"
 
         out = [f"# edgekit report card\n\n{self.summary()} The plots are in the HTML report.\n",
                line(COLUMNS), line(["---"] * len(COLUMNS)), *map(line, self.table())]
-        out += ["", *[f"- {n}" for n in self.notes]] if self.notes else []
+        out += ["", *[f"- {md_text(n)}" for n in self.notes]] if self.notes else []
         return "\n".join(out) + "\n"
 
     def to_html(self) -> str:
@@ -281,6 +381,17 @@ class Report:
         return done
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]$~|])")
+
+
+def md_text(value) -> str:
+    """User text for Markdown, shown as written: no HTML gets through (< > & as entities); the characters that would
+    start emphasis, code, a link, math or strike-through, or end a table cell (|), are backslash-escaped; a line break
+    cannot end the row or the list item."""
+    s = html.escape(str(value), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", s).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+
+
 _CSS = ("body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
         "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}th{background:#f2f2f2}"
         "td:nth-child(-n+3),td:last-child,th{text-align:left}figure{margin:1em 0}svg{max-width:100%;height:auto}"
@@ -297,7 +408,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:  # a lone surrogate from a name: '?', not a crash
             f.write(text)
         os.replace(tmp, path)
     except OSError as exc:
@@ -338,6 +449,18 @@ def _new_figure(figsize: tuple[float, float]):
     return Figure(figsize=figsize, layout="constrained")
 
 
+def _plain_text():
+    """Labels are user text (targets, devices): no mathtext for '$…$' and no TeX, whatever the user's matplotlibrc says.
+    The rc values are read when each Text is made, so the whole figure is built and saved inside this context."""
+    import matplotlib
+
+    return matplotlib.rc_context({"text.parse_math": False, "text.usetex": False})
+
+
+def _legend_label(s: str) -> str:
+    return "\u200b" + s if s.startswith("_") else s  # matplotlib leaves labels starting with '_' out of the legend
+
+
 def _svg(fig, name: str) -> str:
     import matplotlib
 
@@ -354,13 +477,18 @@ def accuracy_latency_svg(report: Report) -> str | None:
     rows = [r for r in report.rows if r.accuracy is not None and r.latency_p50_ms is not None]
     if not rows:
         return None
+    with _plain_text():
+        return _accuracy_latency_svg(report, rows)
+
+
+def _accuracy_latency_svg(report: Report, rows: list[Row]) -> str:
     fig = _new_figure((7.5, 4.5))
     ax = fig.subplots()
     biggest = max(r.size_bytes or 0 for r in rows) or 1
     for device in dict.fromkeys(r.device for r in rows):
         sel = [r for r in rows if r.device == device]
         ax.scatter([r.latency_p50_ms for r in sel], [100 * r.accuracy for r in sel], s=[600 * (r.size_bytes or 0) / biggest for r in sel],
-                   alpha=0.6, edgecolors="black", label=device)
+                   alpha=0.6, edgecolors="black", label=_legend_label(device or "?"))
         for r in sel:
             ax.annotate(report.label(r), (r.latency_p50_ms, 100 * r.accuracy), xytext=(7, 5), textcoords="offset points", fontsize=8)
     ax.set(xlabel="latency p50 (ms)", ylabel="accuracy (%)", title="accuracy vs latency (marker area ∝ artifact size)")
@@ -379,6 +507,11 @@ def latency_svg(report: Report) -> str | None:
             by_device.setdefault(r.device or "?", []).append(r)
     if not by_device:
         return None
+    with _plain_text():
+        return _latency_svg(report, by_device)
+
+
+def _latency_svg(report: Report, by_device: dict[str, list[Row]]) -> str:
     heights = [0.6 + 0.45 * len(rs) for rs in by_device.values()]
     fig = _new_figure((7.5, 0.6 + sum(heights)))
     axes = fig.subplots(len(by_device), 1, squeeze=False, height_ratios=heights)[:, 0]

@@ -45,7 +45,7 @@ def _random_inputs(model):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return [rng.random(tuple(i["source_shape"]), dtype=np.float32) for i in model.inputs]
+    return [rng.random(tuple(i.source_shape), dtype=np.float32) for i in model.inputs]
 
 
 def _bare_feed(backend):
@@ -124,7 +124,7 @@ def run_eval(artifact: str, inputs: str, outputs: str, threads: int | None) -> i
 
         model = Model(artifact, num_threads=threads)
         with np.load(inputs, allow_pickle=False) as z:
-            arrays = [z[i["name"]] for i in model.inputs]
+            arrays = [z[i.name] for i in model.inputs]
         t0 = time.perf_counter()
         outs = model.run_batch(*arrays)
         np.savez(outputs, **{f"output_{k}": o for k, o in enumerate(outs)})
@@ -136,7 +136,7 @@ def run_eval(artifact: str, inputs: str, outputs: str, threads: int | None) -> i
     return 0
 
 
-PAYLOAD = ("__init__.py", "errors.py", "runner.py", "runtime/__init__.py", "runtime/backends.py")
+PAYLOAD = ("__init__.py", "errors.py", "runner.py", "runtime/__init__.py", "runtime/backends.py", "runtime/manifest.py")
 
 
 def build_zipapp(dest: Path) -> Path:

@@ -7,9 +7,12 @@ an nn.Module object (Python API), or nothing: the bundled digits CNN.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import os
+import pickle
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -81,6 +84,26 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def max_input_bytes() -> int:
+    """The largest float32 input edgekit makes or accepts: 1 GiB, or EDGEKIT_MAX_INPUT_MB."""
+    try:
+        return int(float(os.environ.get("EDGEKIT_MAX_INPUT_MB", "1024")) * (1 << 20))
+    except ValueError:
+        raise UsageError(f"EDGEKIT_MAX_INPUT_MB={os.environ['EDGEKIT_MAX_INPUT_MB']!r} is not a number", "e.g. EDGEKIT_MAX_INPUT_MB=4096") from None
+
+
+def check_input_size(shapes: Sequence[Sequence[int]]) -> None:
+    """Refuse input shapes whose tensors would not fit in memory, before anything is allocated."""
+    limit = max_input_bytes()
+    for s in shapes:
+        n = 1
+        for d in s:
+            n *= int(d)
+        if n * 4 > limit:
+            raise UsageError(f"input shape {','.join(map(str, s))} is {n * 4 / (1 << 30):.1f} GiB as float32, over edgekit's "
+                             f"{limit / (1 << 30):.1f} GiB limit", "check --input-shape; to allow it, set EDGEKIT_MAX_INPUT_MB")
+
+
 def _import_file(path: Path) -> Any:
     # a stable name (str hash() changes per process): litert-torch puts it in every tensor name, and
     # per-layer recipes written in one run must match the export of the next
@@ -149,6 +172,55 @@ def _recorded_data(meta: str) -> str | None:
     return data if isinstance(data, str) and (data in list_specs() or Path(data).exists()) else None
 
 
+class _UnsafePickle(Exception):
+    def __init__(self, kind: str):
+        self.kind = kind
+        super().__init__(kind)
+
+
+@contextlib.contextmanager
+def _pickle_guard(path: Path, trust_pickle: bool):
+    """Load a .pt2 without running code from it. torch.export.load unpickles several members: it retries
+    a failed `weights_only=True` load with `weights_only=False`, loads pickled weights and constants with
+    `weights_only=False`, and `pickle.loads` opaque objects; any of these runs a `__reduce__` payload.
+    Unless the user trusts the file, every torch.load during the call is forced to weights_only=True
+    and plain unpickling is refused, so such a member fails to load instead of running."""
+    if trust_pickle:
+        yield
+        return
+    from torch.export.pt2_archive import _package
+
+    real_load, real_pickle = torch.load, _package.pickle
+
+    def safe_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return real_load(*args, **kwargs)
+        except pickle.UnpicklingError as exc:
+            raise _UnsafePickle("a member that torch.load(weights_only=True) rejects") from exc
+
+    class _NoPickle:
+        UnpicklingError = pickle.UnpicklingError
+
+        def __getattr__(self, name):
+            return getattr(pickle, name)
+
+        @staticmethod
+        def loads(*_a, **_k):
+            raise _UnsafePickle("an opaque pickled object")
+
+        load = loads
+
+    torch.load, _package.pickle = safe_load, _NoPickle()
+    try:
+        yield
+    except _UnsafePickle as exc:
+        raise ModelLoadError(f"{path} holds pickled objects that load only by running code (refused: {exc.kind})",
+                             "pass --trust-pickle only if you trust where the file came from") from None
+    finally:
+        torch.load, _package.pickle = real_load, real_pickle
+
+
 def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, list[str] | None, str | None]:
     """(module, example args, input names, default calibration data) from a model file."""
     if not path.is_file():
@@ -158,7 +230,10 @@ def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None,
 
         extra = {"edgekit.json": ""}  # written by edgekit.compress: the data the model was trained on
         try:
-            ep = torch.export.load(str(path), extra_files=extra)
+            with _pickle_guard(path, trust_pickle):
+                ep = torch.export.load(str(path), extra_files=extra)
+        except ModelLoadError:
+            raise
         except Exception as exc:
             raise ModelLoadError(f"cannot read {path} as a torch.export program: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                                  "save it with torch.export.save(torch.export.export(model, args), 'net.pt2')") from exc
@@ -257,6 +332,7 @@ def load_model(
             raise ModelLoadError(f"cannot load weights {weights}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                                  "the file must be a state dict matching the architecture") from exc
     if input_shapes:
+        check_input_size([tuple(map(int, s)) for s in input_shapes])
         example = tuple(torch.rand(*map(int, s)) for s in input_shapes)
     if not example:
         raise UsageError(f"cannot tell the input shape of {label}",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgekit.catalog import build, data_dirs, read_toml, toml_catalogue
 from edgekit.errors import TargetError
+from edgekit.runtime.manifest import MANIFEST, is_safe_name, read_manifest
 
 FORMATS = ("onnx", "tflite")
 MODES = ("none", "fp16", "dynamic", "static", "weight_only")
@@ -120,6 +121,9 @@ def _check(t: Target) -> None:
     def bad(what: str, value, allowed):
         raise TargetError(f"{t.source}: {what} = {value!r} is not valid", f"use one of: {', '.join(map(str, allowed))}")
 
+    if not is_safe_name(t.name):
+        raise TargetError(f"{t.source}: name = {t.name!r} is not a plain name",
+                          "a target name is one path segment of letters, digits and _.+=@,- (it names output folders)")
     if t.format not in FORMATS:
         bad("format", t.format, FORMATS)
     q = t.quant
@@ -170,10 +174,16 @@ def list_targets() -> list[Target]:
 
 def target_from_dict(d: dict, source: str) -> Target:
     """The inverse of Target.to_dict (as kept in an artifact's manifest)."""
+    if not isinstance(d, dict) or not isinstance(d.get("quant", {}), dict) or not isinstance(d.get("validation", {}), dict):
+        raise TargetError(f"{source}: the target is not a table of fields", "point --target at an edgekit artifact folder or a target name")
     d = dict(d)
     quant, validation = d.pop("quant", {}), d.pop("validation", {})
     d.pop("source", None)
-    return parse_target({**d, "quantize": quant, "validation": validation}, source)
+    try:
+        return parse_target({**d, "quantize": quant, "validation": validation}, source)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TargetError(f"{source}: the target is malformed ({type(exc).__name__}: {str(exc)[:120]})",
+                          "point --target at an edgekit artifact folder or a target name") from None
 
 
 def load_target(name_or_path: str | Path | Target) -> Target:
@@ -182,14 +192,11 @@ def load_target(name_or_path: str | Path | Target) -> Target:
     if isinstance(name_or_path, Target):
         return name_or_path
     s = str(name_or_path)
-    if (Path(s) / "manifest.json").is_file():
-        import json
-
-        try:
-            d = json.loads((Path(s) / "manifest.json").read_text())["target"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise TargetError(f"{s}/manifest.json has no readable target ({exc})", "point --target at an edgekit artifact folder") from None
-        return target_from_dict(d, f"{s}/manifest.json")
+    if (Path(s) / MANIFEST).exists():
+        manifest = read_manifest(s)
+        if not manifest.target:
+            raise TargetError(f"{s}/{MANIFEST} records no target", "point --target at an edgekit artifact folder")
+        return target_from_dict(manifest.target, f"{s}/{MANIFEST}")
     if s.endswith(".toml"):
         p = Path(s)
         if not p.is_file():

@@ -52,7 +52,7 @@ def wait_until_measuring(workdir: str, timeout_s: float = 30.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not any(Path(workdir).glob("run.*/artifact/model.tflite")):
+    while time.monotonic() < deadline and not any(Path(workdir).glob("edgekit-run.*/artifact/model.tflite")):
         time.sleep(0.2)
     time.sleep(2.0)
 

@@ -106,12 +106,12 @@ def test_budget_brings_int8_within_half_a_point(outlier_weights, fashion_calib, 
 
     fp16 = edgekit.convert(FACTORY, "tflite-fp16", weights=outlier_weights[1], calibration=fashion_calib, out_dir=tmp_path / "fp16")
     size = (out / "model.tflite").stat().st_size
-    assert fp16.size_bytes < 0.65 * fp16.manifest["model"]["param_bytes_fp32"]  # a real fp16 file (0.6 with its graph)
+    assert fp16.size_bytes < 0.65 * fp16.manifest.param_bytes_fp32  # a real fp16 file (0.6 with its graph)
     assert size < 0.75 * fp16.size_bytes, (size, fp16.size_bytes)
 
     # the moves are kept: converting with the artifact as the target re-applies them without searching
     again = edgekit.convert(FACTORY, str(out), weights=outlier_weights[1], calibration=fashion_calib, out_dir=tmp_path / "again")
-    assert "accuracy_budget" not in again.manifest
+    assert "accuracy_budget" not in again.manifest.extra
     assert (json.loads((again.path / "manifest.json").read_text())["target"]["quant"]["overrides"]
             == json.loads((out / "manifest.json").read_text())["target"]["quant"]["overrides"] != [])
     assert abs(_accuracy(again.path, fashion) - acc) < 1e-9

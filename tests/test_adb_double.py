@@ -130,12 +130,24 @@ def test_pull_missing_file_fails(adb, device, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_client_that_goes_away_kills_the_command(adb, device):
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def test_client_that_goes_away_hangs_up_the_shell(adb, device):
+    """As adbd does: the shell it started gets SIGHUP (that pid alone), its children live on."""
     proc = adb.popen("-s", device.serial, "shell", "sleep 30; echo never")
-    assert _wait_until(lambda: _tagged_processes(device.tag), 10)
-    proc.kill()  # the adb client dies: the server closes the stream, the daemon kills the group
+    assert _wait_until(lambda: len(_tagged_processes(device.tag)) == 2, 10)  # the shell and its sleep
+    proc.kill()  # the adb client dies: the server closes the stream, the daemon hangs up the shell
     proc.wait(timeout=10)
-    assert _wait_until(lambda: not _tagged_processes(device.tag), 10)
+    try:
+        assert _wait_until(lambda: [_cmdline(p) for p in _tagged_processes(device.tag)] == [["sleep", "30"]], 10)
+    finally:
+        for pid in _tagged_processes(device.tag):
+            os.kill(pid, 9)
 
 
 def test_device_killed_mid_command_fails_promptly(adb):

@@ -186,11 +186,14 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     lock.mkdir()
     (lock / "token").write_text(f"{socket.gethostname()} {dead.pid} abc\n")
     (lock / "since").write_text(f"{int(time.time())}\n")
-    (tmp_path / "run.left0ver").mkdir()  # a folder a killed run left behind
+    left = tmp_path / "edgekit-run.left0v"  # a folder a killed run left behind, with edgekit's marker
+    left.mkdir()
+    (left / ".edgekit-run").write_text(f"{socket.gethostname()} {dead.pid} abc\n{int(time.time())}\n")
+    (tmp_path / "run.mine").mkdir()  # the user's own: never touched
     dev = LocalDevice("stale", str(tmp_path))
     with dev.session() as folder:
         assert Path(folder).is_dir()
-        assert not (tmp_path / "run.left0ver").exists()
+        assert not left.exists() and (tmp_path / "run.mine").is_dir()
 
 
 # ---------------------------------------------------------------- CLI

@@ -93,7 +93,7 @@ def test_board_killed_mid_run_fails_fast_and_the_next_run_is_clean(board, art, t
     assert not th.is_alive(), "bench hung after the board died"
     assert time.monotonic() - t_kill < 20
     assert "lost the SSH connection" in str(errors.get("e")), errors
-    assert list(Path(WORKDIR).glob("run.*")), "the dead run should have left its folder (nobody could clean it)"
+    assert list(Path(WORKDIR).glob("edgekit-run.*")), "the dead run should have left its folder (nobody could clean it)"
     with SshdDouble(tmp_path / "board") as again:  # the board comes back (same host key)
         r = bench(art, profile(again), runs=5, warmup=1)
         assert r.status == "ok"

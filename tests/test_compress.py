@@ -99,10 +99,10 @@ def test_qat_int8_recovers_what_ptq_lost(qat_case):
 
 def test_int8_artifact_matches_the_fake_quant_model(qat_case, test_split):
     art = qat_case["artifact"]
-    quant = art.manifest["recipe"]["quantize"]
+    quant = art.manifest.recipe["quantize"]
     assert quant["prequantized"] is True and "no calibration" in quant["quantization_parameters"]
-    out = art.manifest["outputs"][0]
-    assert out["dtype"] == "int8" and art.manifest["inputs"][0]["dtype"] == "int8"
+    out = art.manifest.outputs[0]
+    assert out.dtype == "int8" and art.manifest.inputs[0].dtype == "int8"
     logits = qat_case["logits"]
     with torch.no_grad():
         ref = torch.cat([qat_case["result"].model(torch.from_numpy(x)) for x in np.array_split(test_split.x, 20)]).numpy()

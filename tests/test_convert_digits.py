@@ -34,7 +34,7 @@ def accuracy(folder, split):
 @pytest.mark.parametrize("name", TARGETS)
 def test_every_target_converts_validates_and_runs(artifacts, name, test_split):
     art = artifacts[name]
-    m = art.manifest
+    m = art.manifest.to_dict()
     assert art.model_path.is_file() and m["size_bytes"] == art.model_path.stat().st_size
     assert m["validation"]["status"] == "ok", m["validation"]
     assert m["validation"]["inputs"] == "digits:test"  # held out, not the calibration split
@@ -56,7 +56,7 @@ def test_int8_tflite_is_at_most_030_of_fp32(artifacts):
 
 
 def test_full_integer_tflite_manifest_records_quantization(artifacts):
-    m = artifacts["tflite-int8"].manifest
+    m = artifacts["tflite-int8"].manifest.to_dict()
     (inp,) = m["inputs"]
     assert inp["dtype"] == "int8" and inp["quantization"]["scale"] > 0
     assert m["outputs"][0]["dtype"] == "int8"
@@ -100,7 +100,7 @@ def test_channels_last_tflite(tmp_path, test_split):
     import torch
 
     art = edgekit.convert(target="tflite-fp32", out_dir=tmp_path / "nhwc", channels_last=True)
-    (inp,) = art.manifest["inputs"]
+    (inp,) = [i.to_dict() for i in art.manifest.inputs]
     assert inp["layout"] == "NHWC" and inp["shape"] == [1, 8, 8, 1] and inp["source_layout"] == "NCHW"
     m = runtime.load(art.path)
     x = test_split.x[:1]
@@ -117,5 +117,5 @@ def test_pt2_source_converts_to_onnx_int8(tmp_path):
     m = build()
     torch.export.save(torch.export.export(m, (torch.rand(1, 1, 8, 8),)), tmp_path / "net.pt2")
     art = edgekit.convert(str(tmp_path / "net.pt2"), target="onnx-int8", calibration="digits", out_dir=tmp_path / "o")
-    assert art.manifest["validation"]["status"] == "ok"
-    assert art.manifest["validation"]["top1_agreement"] >= 0.97
+    assert art.validation["status"] == "ok"
+    assert art.validation["top1_agreement"] >= 0.97

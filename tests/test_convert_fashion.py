@@ -34,10 +34,10 @@ def test_the_float_model_is_really_trained(results):
 @pytest.mark.parametrize("name", TARGETS)
 def test_each_target_validates(results, name):
     art, acc = results[name]
-    v = art.manifest["validation"]
+    v = art.validation
     assert v["status"] in ("ok", "warn"), v
     assert v["synthetic_inputs"] is False and v["samples"] == 200
-    assert art.manifest["calibration"] is None or art.manifest["calibration"]["samples"] == 200
+    assert art.manifest.calibration is None or art.manifest.calibration["samples"] == 200
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
@@ -64,7 +64,7 @@ def test_int4_weights_shrink_the_dense_layers_and_keep_accuracy(results, fmt):
     ratio = art.size_bytes / results[f"{fmt}-fp32"][0].size_bytes
     assert ratio <= 0.40, ratio
     assert results[f"{fmt}-fp32"][1] - acc <= 0.015, (results[f"{fmt}-fp32"][1], acc)
-    q = art.manifest["recipe"]["quantize"]
+    q = art.manifest.recipe["quantize"]
     if fmt == "onnx":
         assert q["matmulnbits_nodes"] == 2 and q["bits"] == 4
     else:

@@ -36,7 +36,7 @@ def test_two_inputs_two_outputs(tmp_path, target):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", input_0=rng.random((120, 3, 12, 12), np.float32), input_1=rng.random((120, 6), np.float32))
     art = edgekit.convert(f"{tmp_path / 'two.py'}:build", target, calibration=str(tmp_path / "calib.npz"), out_dir=tmp_path / target)
-    m = art.manifest
+    m = art.manifest.to_dict()
     assert [i["name"] for i in m["inputs"]] == ["input_0", "input_1"]
     assert [o["source_shape"] for o in m["outputs"]] == [[1, 4], [1, 16]]
     assert m["validation"]["status"] == "ok", m["validation"]

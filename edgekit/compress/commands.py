@@ -45,19 +45,15 @@ def _common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, 
 
 def _finish(command: str, result, out: str, json_path: str | None, next_step: str) -> None:
     """Save, print the report, write the JSON."""
-    from rich.table import Table
-
     from edgekit.artifact import write_json_atomic
-    from edgekit.cli import ERR, OUT, _kib
+    from edgekit.cli import ERR, OUT, _kib, row, say, table
 
     path = result.save(out)
     r = result.report
-    t = Table(title=f"edgekit {command}: {r['source']}", title_justify="left")
-    t.add_column("")
-    t.add_column("before", justify="right")
-    t.add_column("after", justify="right")
-    t.add_row("parameters", f"{r['params_before']:,}", f"{r['params_after']:,} ({r['param_ratio']:.1%})")
-    t.add_row(f"val accuracy ({r['val']['samples']} samples)", f"{r['val_accuracy_before']:.2%}", f"{r['val_accuracy_after']:.2%}")
+    # User text (the model's source, layer names, paths) goes through the CLI's plain-text table and line printers.
+    t = table(f"edgekit {command}: {r['source']}", ["", ("before", {"justify": "right"}), ("after", {"justify": "right"})])
+    row(t, "parameters", f"{r['params_before']:,}", f"{r['params_after']:,} ({r['param_ratio']:.1%})")
+    row(t, f"val accuracy ({r['val']['samples']} samples)", f"{r['val_accuracy_before']:.2%}", f"{r['val_accuracy_after']:.2%}")
     for key, value in r.items():
         if key in ("source", "params_before", "params_after", "param_ratio", "val_accuracy_before", "val_accuracy_after",
                    "history", "notes", "val") or value is None or value in ({}, []):
@@ -66,11 +62,11 @@ def _finish(command: str, result, out: str, json_path: str | None, next_step: st
             shown = ", ".join(f"{k}: {v}" for k, v in value.items())
         else:
             shown = f"{value:.2%}" if key.startswith("val_accuracy") else str(value)
-        t.add_row(key.replace("_", " "), "", shown)
+        row(t, key.replace("_", " "), "", shown)
     OUT.print(t)
     for note in r["notes"]:
-        ERR.print(f"[cyan]note[/] {note}", soft_wrap=True, highlight=False)
-    ERR.print(f"[green]✓[/] wrote {path} ({_kib(path.stat().st_size)}); next: {next_step.format(out=path)}", highlight=False)
+        say(ERR, ("note", "cyan"), f" {note}")
+    say(ERR, ("✓", "green"), f" wrote {path} ({_kib(path.stat().st_size)}); next: {next_step.replace('{out}', str(path))}")
     if json_path:
         write_json_atomic(Path(json_path), {"command": command, "out": str(path), **result.to_json()})
 
@@ -93,7 +89,7 @@ def qat_cmd(model, weights, target, epochs, data, val, data_spec, labels_key, sa
 
     res = qat(model, data, val=val, config=QATConfig(target=target), weights=weights, out=out, progress=_err_console(),
               **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, epochs, QAT_TRAIN))
-    _finish("qat", res, out, json_path, f"edgekit convert {{out}} --target {target}")
+    _finish("qat", res, out, json_path, "edgekit convert {out} --target " + target)  # no format(): a target may hold braces
 
 
 @click.command("prune")

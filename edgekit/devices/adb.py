@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from edgekit.devices.base import CommandResult, Device, DeviceInfo, quote
+from edgekit.devices.base import CommandResult, Device, DeviceInfo, call_abort, quote
 from edgekit.devices.profiles import DeviceProfile
 from edgekit.errors import DeviceError, DeviceTimeout
 
@@ -105,17 +105,36 @@ class AdbDevice(Device):
             return DeviceError(f"lost adb device {self.serial}: {line[:200]}", "check the cable and `adb devices`")
         return None
 
-    def run(self, argv: Sequence[str], timeout_s: float | None = None, env: dict[str, str] | None = None) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float | None = None, env: dict[str, str] | None = None,
+            on_abort: Callable[[], None] | None = None) -> CommandResult:
         if env:
             argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
         cmd = f"{quote(argv)}; echo {_MARK}$?"
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         t0 = time.monotonic()
         try:
-            p = self._call(["shell", cmd], timeout_s)
-        except DeviceTimeout:
-            raise DeviceTimeout(f"{self.name}: `{argv[0]}` did not finish within {self.timeout_s if timeout_s is None else timeout_s:g} s",
-                                "the device may be hung or gone; check `adb devices`") from None
-        out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+            # its own session: a Ctrl-C in the terminal reaches edgekit, which stops the command
+            # (on_abort) before the client goes; stdin is not the user's terminal
+            proc = subprocess.Popen([adb_binary(), "-s", self.serial, "shell", cmd], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise DeviceError(f"cannot run adb: {exc.strerror or exc}", "check the adb client (Debian: apt-get install adb)") from None
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            # Closing the stream is not enough: adbd only SIGHUPs the shell it started (not its
+            # children, see tests/doubles/adbd.py), so what the command started is stopped first.
+            call_abort(on_abort)
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise DeviceTimeout(f"{self.name}: `{argv[0]}` did not finish within {timeout:g} s",
+                                    "the device may be hung or gone; check `adb devices`") from None
+            raise
+        p = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        out, err = stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
         m = re.search(rf"{_MARK}(\d+)\s*$", out)
         if m is None:
             raise self._lost(p) or DeviceError(f"lost adb device {self.serial} during `{argv[0]}` (no exit status came back)",

@@ -1,5 +1,8 @@
 """Device profiles as data: devices/*.toml (shipped), ./devices/*.toml (yours), or ad-hoc
-`local`, `ssh://user@host[:port]`, `adb://SERIAL`."""
+`local`, `ssh://user@host[:port][/workdir]`, `adb://SERIAL[/workdir]`.
+
+A workdir that is `/`, a home folder or a system folder is refused when the profile is read (and
+again when the device is opened): edgekit creates and removes its run folders there."""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from edgekit.catalog import build, read_toml, toml_catalogue
+from edgekit.devices.base import check_workdir
 from edgekit.errors import UsageError
 
 TRANSPORTS = ("local", "ssh", "adb")
@@ -48,7 +52,13 @@ def _check(p: DeviceProfile) -> DeviceProfile:
         raise UsageError(f"{p.source}: runner = {p.runner!r} is not valid", f"use one of: {', '.join(RUNNERS)}")
     if p.transport == "ssh" and not p.host:
         raise UsageError(f"{p.source}: an ssh profile needs host", "set host = \"name-or-address\"")
+    _check_workdir(p)
     return p
+
+
+def _check_workdir(p: DeviceProfile) -> None:
+    if p.workdir:
+        check_workdir(p.workdir, p.source or p.name, local=p.transport == "local")
 
 
 def _read(path: Path) -> DeviceProfile:
@@ -63,6 +73,7 @@ def list_profiles() -> list[DeviceProfile]:
 def resolve(spec: str | DeviceProfile) -> DeviceProfile:
     """A profile by name, a .toml path, or an ad-hoc URL."""
     if isinstance(spec, DeviceProfile):
+        _check_workdir(spec)
         return spec
     if spec.startswith("ssh://"):
         u = urlsplit(spec)
@@ -72,11 +83,17 @@ def resolve(spec: str | DeviceProfile) -> DeviceProfile:
             port = u.port or 0
         except ValueError:
             raise UsageError(f"bad port in {spec!r}", "write ssh://user@host[:port]") from None
-        return DeviceProfile(name=spec, transport="ssh", host=u.hostname, user=u.username or "", port=port,
-                             workdir="/tmp/edgekit", source=spec)
+        # ssh://host/some/folder: the workdir; ssh://host/~/x would be home-relative, which is refused
+        path = unquote(u.path)
+        workdir = (path[1:] if path.startswith("/~") else path) or "/tmp/edgekit"
+        return _checked(DeviceProfile(name=spec, transport="ssh", host=u.hostname, user=u.username or "", port=port,
+                                      workdir=workdir, source=spec))
     if spec.startswith("adb://"):
-        return DeviceProfile(name=spec, transport="adb", serial=spec[len("adb://"):], runner="benchmark_model",
-                             workdir="/data/local/tmp/edgekit", source=spec)
+        serial, slash, path = spec[len("adb://"):].partition("/")  # serials never hold a slash
+        path = unquote(slash + path)
+        workdir = (path[1:] if path.startswith("/~") else path) or "/data/local/tmp/edgekit"
+        return _checked(DeviceProfile(name=spec, transport="adb", serial=serial, runner="benchmark_model",
+                                      workdir=workdir, source=spec))
     if spec.endswith(".toml"):
         if not Path(spec).is_file():
             raise UsageError(f"device profile not found: {spec}", "check the path")
@@ -89,8 +106,14 @@ def resolve(spec: str | DeviceProfile) -> DeviceProfile:
     return _read(cat[spec])
 
 
+def _checked(p: DeviceProfile) -> DeviceProfile:
+    _check_workdir(p)
+    return p
+
+
 def open_device(profile: DeviceProfile):
     """Connect to the device a profile names."""
+    _check_workdir(profile)
     if profile.transport == "local":
         from edgekit.devices.local import LocalDevice
 

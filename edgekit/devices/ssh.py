@@ -12,9 +12,9 @@ import getpass
 import socket
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from edgekit.devices.base import CommandResult, Device, DeviceInfo, quote
+from edgekit.devices.base import CommandResult, Device, DeviceInfo, call_abort, quote
 from edgekit.devices.profiles import DeviceProfile
 from edgekit.errors import DeviceError, DeviceTimeout
 
@@ -70,12 +70,14 @@ class SshDevice(Device):
     def _lost(self, exc: BaseException) -> DeviceError:
         return DeviceError(f"lost the SSH connection to {self.name}: {type(exc).__name__}: {exc}", "check the board is still up")
 
-    def run(self, argv: Sequence[str], timeout_s: float | None = None, env: dict[str, str] | None = None) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float | None = None, env: dict[str, str] | None = None,
+            on_abort: Callable[[], None] | None = None) -> CommandResult:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         if env:
             argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
         t0 = time.monotonic()
         deadline = t0 + timeout
+        chan = None
         try:
             transport = self._client.get_transport()
             if transport is None or not transport.is_active():
@@ -98,6 +100,9 @@ class SshDevice(Device):
                     if not chan.exit_status_ready():
                         raise self._lost(EOFError("channel closed without an exit status"))
                 if time.monotonic() > deadline:
+                    # sshd does not signal a command whose channel closes (no pty): stop what it
+                    # started first, while its shell still waits for it
+                    call_abort(on_abort)
                     chan.close()
                     raise DeviceTimeout(f"{self.name}: `{argv[0]}` did not finish within {timeout:g} s", "the board may be hung or overloaded")
                 if not got:
@@ -112,6 +117,11 @@ class SshDevice(Device):
             raise self._lost(exc) from None
         except Exception as exc:  # paramiko.SSHException and friends
             raise self._lost(exc) from None
+        except BaseException:  # KeyboardInterrupt: the command would run on without us
+            if chan is not None and not chan.closed:
+                call_abort(on_abort)
+                chan.close()
+            raise
         return CommandResult(list(map(str, argv)), code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), time.monotonic() - t0)
 
     def _sftp_client(self, timeout: float):

@@ -11,30 +11,16 @@ parameters; this module applies them, so callers always speak float. No torch im
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.errors import ArtifactError, UsageError
 from edgekit.runtime.backends import TensorInfo, open_backend, tflite_interpreter_class  # noqa: F401
+from edgekit.runtime.manifest import MANIFEST, Manifest, TensorSpec, model_file, read_manifest  # noqa: F401
 
-MANIFEST = "manifest.json"
 _TO_LAST = (0, 2, 3, 1)  # NCHW -> NHWC
 _TO_FIRST = (0, 3, 1, 2)  # NHWC -> NCHW
-
-
-def read_manifest(folder: str | Path) -> dict:
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise ArtifactError(f"artifact folder not found: {folder}", "give the folder written by `edgekit convert`")
-    if not path.is_file():
-        raise ArtifactError(f"{folder} has no {MANIFEST}", "give the folder written by `edgekit convert`")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"cannot read {path}: {exc}", "re-run edgekit convert") from None
 
 
 def quantize(x: np.ndarray, dtype: str, scale: float, zero_point: int) -> np.ndarray:
@@ -57,18 +43,18 @@ class Model:
 
     def __init__(self, folder: str | Path, num_threads: int | None = None):
         self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder)
-        model_file = self.folder / self.manifest["file"]
-        if not model_file.is_file():
-            raise ArtifactError(f"{self.folder} is missing its model file {self.manifest['file']}", "re-run edgekit convert")
-        self.backend = open_backend(model_file, num_threads)
-        self.inputs: list[dict] = self.manifest["inputs"]
-        self.outputs: list[dict] = self.manifest["outputs"]
+        self.manifest: Manifest = read_manifest(self.folder)
+        self.backend = open_backend(model_file(self.folder, self.manifest), num_threads)
+        self.inputs: list[TensorSpec] = self.manifest.inputs
+        self.outputs: list[TensorSpec] = self.manifest.outputs
+        if [(t.shape, t.dtype) for t in self.inputs] != [(tuple(t.shape), t.dtype) for t in self.backend.inputs] or len(self.outputs) != len(self.backend.outputs):
+            raise ArtifactError(f"{self.folder}: the manifest's inputs/outputs do not match {self.manifest.file}",
+                                "the artifact was edited or damaged; re-run edgekit convert")
 
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
         """Input shapes in the PyTorch model's layout (what __call__ takes by default)."""
-        return [tuple(i["source_shape"]) for i in self.inputs]
+        return [tuple(i.source_shape) for i in self.inputs]
 
     def __call__(self, *arrays: np.ndarray, input_layout: str | None = None) -> list[np.ndarray]:
         return self.decode(self.backend.run(self.encode(*arrays, input_layout=input_layout)))
@@ -80,28 +66,29 @@ class Model:
         feed = []
         for spec, x in zip(self.inputs, arrays):
             x = np.asarray(x, dtype=np.float32)
-            perm = _layout_perm(input_layout or spec.get("source_layout"), spec.get("layout"))
+            perm = _layout_perm(input_layout or spec.source_layout, spec.layout)
             if perm:
                 x = x.transpose(perm)
-            if tuple(x.shape) != tuple(spec["shape"]):
-                raise UsageError(f"input {spec['name']!r} has shape {tuple(x.shape)}, the artifact takes {tuple(spec['shape'])} ({spec.get('layout') or 'no layout'})")
-            q = spec.get("quantization")
-            feed.append(quantize(x, spec["dtype"], q["scale"], q["zero_point"]) if q else x.astype(spec["dtype"]))
+            if tuple(x.shape) != spec.shape:
+                raise UsageError(f"input {spec.name!r} has shape {tuple(x.shape)}, the artifact takes {spec.shape} ({spec.layout or 'no layout'})")
+            q = spec.quantization
+            feed.append(quantize(x, spec.dtype, q.scale, q.zero_point) if q else x.astype(spec.dtype))
         return feed
 
     def decode(self, outs: list[np.ndarray]) -> list[np.ndarray]:
         """The interpreter's outputs -> float arrays in the PyTorch model's layout."""
         result = []
         for spec, y in zip(self.outputs, outs):
-            q = spec.get("quantization")
-            y = dequantize(y, q["scale"], q["zero_point"]) if q else np.asarray(y, dtype=np.float32)
-            perm = _layout_perm(spec.get("layout"), spec.get("source_layout"))
+            q = spec.quantization
+            y = dequantize(y, q.scale, q.zero_point) if q else np.asarray(y, dtype=np.float32)
+            perm = _layout_perm(spec.layout, spec.source_layout)
             result.append(np.ascontiguousarray(y.transpose(perm)) if perm else y)
         return result
 
     def run_batch(self, *arrays: np.ndarray, input_layout: str | None = None) -> list[np.ndarray]:
         """Run N samples through a fixed-batch artifact by slicing along the first axis."""
-        b = int(self.inputs[0]["shape"][0]) or 1
+        b = int(self.inputs[0].shape[0]) if self.inputs[0].shape else 1
+        b = b or 1
         n = len(arrays[0])
         if n % b:
             raise UsageError(f"{n} samples do not divide into the artifact's batch of {b}")
@@ -113,4 +100,4 @@ def load(folder: str | Path, num_threads: int | None = None) -> Model:
     return Model(folder, num_threads)
 
 
-__all__ = ["Model", "load", "read_manifest", "quantize", "dequantize", "TensorInfo", "open_backend"]
+__all__ = ["Model", "load", "read_manifest", "Manifest", "TensorSpec", "MANIFEST", "quantize", "dequantize", "TensorInfo", "open_backend"]

@@ -13,6 +13,14 @@ protocol as a device does (AOSP adb: protocol.txt, SYNC.TXT, shell_protocol.h):
   exit code travel separately), legacy `shell:CMD` and `exec:CMD` (raw bytes, no exit code),
   and `sync:` v1 (STAT, LIST, SEND, RECV, QUIT).
 
+When the host closes a shell stream before the command ends (the adb client was killed, the
+device disconnected), the daemon does what adbd does (daemon/shell_service.cpp,
+Subprocess::PassDataStreams): with the shell protocol (v2) it sends SIGHUP to the shell's pid
+only, not to its process group, and closes its ends of the command's pipes; so a child of that
+shell (the command of `sh -c 'cmd; echo $?'`) lives on, and only learns of it (EPIPE/SIGPIPE)
+when it next writes. Without the shell protocol adbd runs the command on a raw PTY, whose hangup
+signals the shell's whole (foreground) group: the double sends SIGHUP to the group.
+
 What is simulated: the phone. Commands run as `/bin/sh -c CMD` on this host, so the
 "device" file system is the host's (tests use temp folders as the remote folder), and the
 PATH of commands starts with a folder of fake Android tools (`getprop`, answering from the
@@ -32,6 +40,7 @@ import argparse
 import ctypes
 import faulthandler
 import os
+import select
 import shlex
 import signal
 import socket
@@ -317,6 +326,17 @@ class Device:
         except (ProcessLookupError, PermissionError):
             pass
 
+    @staticmethod
+    def hang_up(proc: subprocess.Popen, shell_v2: bool) -> None:
+        """The host closed the stream: adbd's SIGHUP (see the module docstring)."""
+        try:
+            if shell_v2:
+                os.kill(proc.pid, signal.SIGHUP)  # adbd: kill(pid_, SIGHUP), the shell alone
+            else:
+                os.killpg(proc.pid, signal.SIGHUP)  # a raw PTY's hangup reaches the foreground group
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def kill_all(self) -> None:
         with self._lock:
             procs = list(self.processes)
@@ -325,12 +345,12 @@ class Device:
 
     def run_command(self, stream: Stream, command: str, shell_v2: bool) -> None:
         proc = self.spawn(command, merge_stderr=not shell_v2)
-        # The host closing the stream (client gone, device disconnected) kills the command's
-        # process group; once the command has finished, what it left in the background lives
-        # on, as on a phone.
+        # The host closing the stream (client gone, device disconnected) hangs up the shell as
+        # adbd does (module docstring); the output pumps then close the pipes. Once the command
+        # has finished, what it left in the background lives on, as on a phone.
         def stop() -> None:
             if proc.returncode is None:
-                self.kill(proc)
+                self.hang_up(proc, shell_v2)
 
         stream.on_close.append(stop)
         try:
@@ -357,8 +377,16 @@ class Device:
 
     @staticmethod
     def _pump_output(stream: Stream, pipe, packet_id: int | None) -> None:
+        """Command output to the stream, until EOF or the stream closes (then the pipe is closed,
+        as adbd closes its ends: a writer left behind gets EPIPE)."""
+        fd = pipe.fileno()
         try:
-            while chunk := os.read(pipe.fileno(), 32 * 1024):
+            while not stream.closed:
+                if not select.select([fd], [], [], 0.2)[0]:
+                    continue
+                chunk = os.read(fd, 32 * 1024)
+                if not chunk:
+                    break
                 if packet_id is not None:
                     chunk = struct.pack("<BI", packet_id, len(chunk)) + chunk
                 stream.write(chunk)
