@@ -187,7 +187,8 @@ class _Progress:
 @click.option("--val-samples", type=click.IntRange(1), default=200, show_default=True, help="Held-out samples for validation.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE", help="e.g. 1,3,224,224; repeat per input.")
 @click.option("--weights", type=click.Path(), help="State dict to load into the model built by a factory.")
-@click.option("--trust-pickle", is_flag=True, help="Allow torch.load of a pickled whole model (runs code from the file).")
+@click.option("--trust-pickle", is_flag=True, help="Allow Python pickle in the model file (a whole-model .pt, or a .pt2 whose members need it): it runs code from "
+                   "the file, so only for files you trust. TorchScript .pt files need no flag (their graph holds torch ops only).")
 @click.option("--channels-last", is_flag=True, help="TFLite: NHWC inputs/outputs for image models.")
 @click.option("--max-accuracy-drop", type=float, metavar="POINTS",
               help="Search per-layer int16/float moves until accuracy on --data is within POINTS of the float model (static int8 targets).")
@@ -406,8 +407,9 @@ def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, 
 @click.argument("artifact")
 @click.option("--data", "--calib", "data", metavar="SRC", help="Inputs to compare on (.npy, .npz, folder, digits, fashion-mnist). [default: the artifact's calibration data]")
 @click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="Samples to run.")
-@click.option("--model", metavar="MODEL", help="The float PyTorch model. [default: the source in the artifact's manifest]")
-@click.option("--weights", type=click.Path(), help="State dict for the model factory. [default: the manifest's]")
+@click.option("--model", metavar="MODEL", help="The float PyTorch model (required: edgekit never imports the model an artifact's manifest names; "
+                   "only edgekit's bundled example needs none).")
+@click.option("--weights", type=click.Path(), help="State dict for the --model factory.")
 @click.option("--data-spec", metavar="NAME", help="Preprocessing spec for image folders.")
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Layers to show.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write every layer's figures here.")

@@ -60,7 +60,7 @@ def test_outlier_channel_keeps_float_outputs(fashion_model, outlier_weights, fas
 def test_diagnose_ranks_the_broken_layer_first(plain_int8, fashion_calib, fashion_model, tmp_path):
     from edgekit.diagnose import diagnose
 
-    d = diagnose(plain_int8.path, data=fashion_calib, samples=32)
+    d = diagnose(plain_int8.path, model=FACTORY, weights=plain_int8.manifest.model["weights"], data=fashion_calib, samples=32)
     top = d.layers[0]
     assert top.name == "features.4", [(la.name, la.added_noise) for la in d.layers[:3]]
     assert "outlier channel" in top.cause and top.fix == "int16"
@@ -73,7 +73,7 @@ def test_diagnose_ranks_the_broken_layer_first(plain_int8, fashion_calib, fashio
 
     healthy = edgekit.convert(FACTORY, "tflite-int8", weights=_save(fashion_model[0], tmp_path), calibration=fashion_calib,
                               out_dir=tmp_path / "healthy")
-    h = diagnose(healthy.path, data=fashion_calib, samples=32)
+    h = diagnose(healthy.path, model=FACTORY, weights=healthy.manifest.model["weights"], data=fashion_calib, samples=32)
     assert all("outlier" not in la.cause for la in h.layers)
     assert h.output_sqnr_db > d.output_sqnr_db + 6
 
