@@ -17,6 +17,7 @@ import numpy as np
 
 from edgekit.catalog import toml_catalogue
 from edgekit.errors import CalibrationError
+from edgekit.inputs import InputSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 LABEL_KEYS = ("y", "labels", "label", "targets")
@@ -32,19 +33,22 @@ class CalibrationData:
     synthetic: bool = False  # random data: fine for float targets' smoke checks, not for int8 ranges
     notes: list[str] = field(default_factory=list)
     classes: list[str] | None = None  # class names, when the source has them
+    unbatched: frozenset = frozenset()  # inputs whose samples are whole tensors (state): one per model call
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
 
     def take(self, idx: slice | np.ndarray) -> "CalibrationData":
         return CalibrationData(self.source, {k: v[idx] for k, v in self.arrays.items()},
-                               None if self.labels is None else self.labels[idx], self.synthetic, list(self.notes))
+                               None if self.labels is None else self.labels[idx], self.synthetic, list(self.notes),
+                               self.classes, self.unbatched)
 
     def samples(self, batch: int = 1) -> Iterator[dict[str, np.ndarray]]:
-        """One dict per model call, each array with a leading batch axis of `batch`."""
+        """One dict per model call: batched inputs with a leading batch axis of `batch`, inputs without a
+        batch axis (state) as one whole sample."""
         n = len(self) - len(self) % batch
         for i in range(0, n, batch):
-            yield {k: v[i:i + batch] for k, v in self.arrays.items()}
+            yield {k: (v[i] if k in self.unbatched else v[i:i + batch]) for k, v in self.arrays.items()}
 
     def summary(self) -> dict:
         return {"source": self.source, "samples": len(self), "synthetic": self.synthetic,
@@ -183,16 +187,19 @@ def _dataset(name: str, spec: dict, input_names: Sequence[str], split: str) -> C
 def load_calibration(source: str | Path | np.ndarray | CalibrationData, input_names: Sequence[str],
                      input_shapes: Sequence[Sequence[int]], split: str = "train",
                      spec_name: str | None = None, seed: int = 0, random_samples: int = 256,
-                     labels_key: str | None = None) -> CalibrationData:
-    """Read a calibration source and check it against the model's inputs."""
+                     labels_key: str | None = None, inputs: Sequence[InputSpec] | None = None) -> CalibrationData:
+    """Read a calibration source and check it against the model's inputs (`inputs`: their dtypes, batch
+    axes and integer ranges; without it every input is a batched float tensor)."""
+    if inputs is None:
+        inputs = [InputSpec(n, tuple(s)) for n, s in zip(input_names, input_shapes)]
+    inputs = list(inputs)
+    input_names = [i.name for i in inputs]
     if isinstance(source, CalibrationData):
         data = source
     elif isinstance(source, np.ndarray):
         data = CalibrationData("array", {input_names[0]: source})
     elif str(source) == "random":
-        rng = np.random.default_rng(seed)
-        data = CalibrationData("random", {n: rng.standard_normal((random_samples, *s[1:])).astype(np.float32)
-                                          for n, s in zip(input_names, input_shapes)}, synthetic=True)
+        data = _random(inputs, random_samples, seed)
     else:
         p = Path(source)
         if p.is_dir():
@@ -217,27 +224,51 @@ def load_calibration(source: str | Path | np.ndarray | CalibrationData, input_na
             names = [n for n in list_specs() if "dataset" in load_spec(n)]
             raise CalibrationError(f"calibration source not found: {source}",
                                    f"give a .npy, an .npz, a folder, or one of: {', '.join(names + ['random'])}")
-    check(data, input_names, input_shapes)
+    check(data, inputs)
     return data
 
 
-def check(data: CalibrationData, input_names: Sequence[str], input_shapes: Sequence[Sequence[int]]) -> None:
+def _random(inputs: Sequence[InputSpec], n: int, seed: int) -> CalibrationData:
+    """Random samples: normal floats; integers only from a declared range (never the whole int64 range,
+    which no embedding table accepts)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for i in inputs:
+        if i.is_integer:
+            if i.value_range is None:
+                raise CalibrationError(f"input {i.name!r} is {i.dtype}: random data for it needs the range of valid values",
+                                       f"pass real data with --calib, or --input-range {i.name}=LO:HI (e.g. 0:30522 for a BERT vocabulary)")
+            arrays[i.name] = rng.integers(i.value_range[0], i.value_range[1], size=(n, *i.sample_shape)).astype(i.dtype)
+        else:
+            arrays[i.name] = rng.standard_normal((n, *i.sample_shape)).astype(np.float32)
+    return CalibrationData("random", arrays, synthetic=True)
+
+
+def check(data: CalibrationData, inputs: Sequence[InputSpec]) -> None:
     """Reject data that does not fit the model, with a message that says how it differs."""
-    for name, shape in zip(input_names, input_shapes):
+    for spec in inputs:
+        name = spec.name
         if name not in data.arrays:
             raise CalibrationError(f"calibration data from {data.source} has no array for input {name!r}", "provide one array per model input")
         a = data.arrays[name]
         if a.size == 0 or len(a) == 0:
             raise CalibrationError(f"calibration data from {data.source} is empty", "give at least one sample")
-        want = tuple(shape[1:])
+        want = tuple(spec.sample_shape)
         if tuple(a.shape[1:]) != want:
             if tuple(a.shape) == want:
                 raise CalibrationError(f"calibration data from {data.source} has shape {a.shape}: it looks like one sample without the samples axis",
                                        f"stack samples along a first axis: (N, {', '.join(map(str, want))})")
+            if spec.batched and tuple(a.shape[1:]) == tuple(spec.shape):
+                raise CalibrationError(f"calibration data from {data.source} has samples of shape {tuple(a.shape[1:])} for input {name!r}, "
+                                       f"whose batch axis takes {want}",
+                                       f"if the first axis of {name!r} is not the batch (a recurrent state), declare it: --state-input {name}")
             raise CalibrationError(f"calibration data from {data.source} has samples of shape {tuple(a.shape[1:])}, the model's input {name!r} takes {want}",
                                    "give data with shape (N, " + ", ".join(map(str, want)) + ") or fix --input-shape")
+        if spec.is_integer:
+            data.arrays[name] = _integers(a, spec, data.source)
+            continue
         if not np.issubdtype(a.dtype, np.floating):
-            raise CalibrationError(f"calibration data from {data.source} is {a.dtype}, the model takes float32",
+            raise CalibrationError(f"calibration data from {data.source} is {a.dtype} for input {name!r}, the model takes {spec.dtype}",
                                    "preprocess it to the model's float input range (e.g. x / 255.0) first")
         bad = ~np.isfinite(a)
         if bad.any():
@@ -245,7 +276,8 @@ def check(data: CalibrationData, input_names: Sequence[str], input_shapes: Seque
             raise CalibrationError(f"calibration data from {data.source} has {int(bad.sum())} NaN/Inf values (first in sample {first})",
                                    "clean the data before calibrating")
         data.arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
-    n = {len(data.arrays[k]) for k in input_names}
+    data.unbatched = frozenset(s.name for s in inputs if not s.batched)
+    n = {len(data.arrays[s.name]) for s in inputs}
     if len(n) != 1:
         raise CalibrationError(f"calibration arrays from {data.source} have different sample counts {sorted(n)}", "every input needs the same number of samples")
     if data.labels is not None and len(data.labels) != len(data):
@@ -260,3 +292,17 @@ def split_holdout(data: CalibrationData, calib_samples: int, val_samples: int) -
     calib = data.take(slice(0, min(calib_samples, n - n_val)))
     val = data.take(slice(n - n_val, n)) if n_val else None
     return calib, val
+
+
+def _integers(a: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
+    """Integer data for an integer input: kept integer end to end, checked against the dtype and range."""
+    if not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+        raise CalibrationError(f"calibration data from {source} is {a.dtype} for input {spec.name!r}, which takes {spec.dtype} "
+                               "(ids, masks, indices)", f"give integer arrays for {spec.name!r}, as the tokenizer produces them")
+    lo, hi = (0, 2) if spec.dtype == "bool" else (np.iinfo(spec.dtype).min, np.iinfo(spec.dtype).max + 1)
+    if spec.value_range is not None:
+        lo, hi = max(lo, spec.value_range[0]), min(hi, spec.value_range[1])
+    if a.size and (int(a.min()) < lo or int(a.max()) >= hi):
+        raise CalibrationError(f"calibration data from {source} holds {spec.name!r} values from {int(a.min())} to {int(a.max())}, "
+                               f"outside {lo}..{hi - 1}", "check the tokenizer/vocabulary, or --input-range")
+    return np.ascontiguousarray(a, dtype=spec.dtype)

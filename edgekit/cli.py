@@ -186,6 +186,14 @@ class _Progress:
 @click.option("--val-data", metavar="SRC", help="Validation data (same forms as --calib). [default: held out from --calib]")
 @click.option("--val-samples", type=click.IntRange(1), default=200, show_default=True, help="Held-out samples for validation.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE", help="e.g. 1,3,224,224; repeat per input.")
+@click.option("--input-dtype", "input_dtypes", multiple=True, metavar="[NAME=]DTYPE",
+              help="An input's dtype, e.g. input_ids=int64 (ids and masks stay integer end to end); repeat per input.")
+@click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LO:HI",
+              help="Valid values of an integer input (HI excluded), e.g. input_ids=0:30522: the only way random ids are drawn.")
+@click.option("--state-input", "state_inputs", multiple=True, metavar="NAME",
+              help="An input whose first axis is not the batch (a recurrent state shaped (layers, 1, hidden)).")
+@click.option("--bind", "binds", multiple=True, metavar="NAME=VALUE",
+              help="Bind a non-tensor forward() argument once, e.g. --bind sr=16000.")
 @click.option("--weights", type=click.Path(), help="State dict to load into the model built by a factory.")
 @click.option("--trust-pickle", is_flag=True, help="Allow Python pickle in the model file (a whole-model .pt, or a .pt2 whose members need it): it runs code from "
                    "the file, so only for files you trust. TorchScript .pt files need no flag (their graph holds torch ops only).")
@@ -199,18 +207,20 @@ class _Progress:
 @click.option("--out-dir", type=click.Path(), default="out", show_default=True, help="Parent folder for artifacts.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the machine-readable result here.")
 @click.pass_context
-def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, weights,
-            trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
-    """Convert MODEL (file.py:factory, pkg.module:attr, .pt, .pt2; default: the bundled digits CNN)."""
+def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, input_dtypes,
+            input_ranges, state_inputs, binds, weights, trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
+    """Convert MODEL (file.py:factory, pkg.module:attr, TorchScript .pt/.jit/.ts, .pt2; default: the bundled digits CNN)."""
     from edgekit.pipeline import DEFAULT_TARGET, convert_many
     from edgekit.sources import load_model, parse_shape
 
     targets = list(targets) or [DEFAULT_TARGET]
     if out and len(targets) > 1:
         raise EdgekitError("--out names one artifact folder but several targets were given", "use --out-dir for several targets")
-    shapes = [parse_shape(s) for s in input_shapes] or None
-    spec = load_model(model, shapes, weights, trust_pickle)
-    progress = _Progress(ERR, header=line((spec.source, "bold"), f" ({spec.num_params:,} parameters, input {', '.join(str(s) for s in spec.input_shapes)})"))
+    from edgekit.inputs import InputOptions
+
+    opts = InputOptions.from_cli([parse_shape(s) for s in input_shapes] or None, input_dtypes, input_ranges, state_inputs, binds)
+    spec = load_model(model, weights=weights, trust_pickle=trust_pickle, inputs=opts)
+    progress = _Progress(ERR, header=line((spec.source, "bold"), f" ({spec.num_params:,} parameters, inputs {'; '.join(i.describe() for i in spec.inputs)})"))
     try:
         results = convert_many(spec, targets, out_dir=out, out_root=out_dir, calibration=calib, calib_samples=calib_samples,
                                calib_method=calib_method, calib_spec=calib_spec, validation=val_data, val_samples=val_samples,
@@ -273,11 +283,11 @@ def _convert_table(results, param_bytes: int) -> None:
     has_acc = any(r.artifact and "accuracy" in r.artifact.validation for r in results)
     right = {"justify": "right"}
     t = table("edgekit convert", [("target", {}), ("size", right), ("× fp32 params", right), ("SQNR dB", right), ("top-1 agree", right),
-                                  *([("accuracy (ref)", right)] if has_acc else []), ("time s", right), "validation", "artifact"])
+                                  *([("accuracy (ref)", right)] if has_acc else []), ("time s", right), "validation", "size note", "artifact"])
     colors = {"ok": "green", "warn": "yellow", "fail": "red"}
     for r in results:
         if r.artifact is None:
-            cells = [r.target, "-", "-", "-", "-"] + (["-"] if has_acc else []) + ["-", text("error", "red"), str(r.error)[:60]]
+            cells = [r.target, "-", "-", "-", "-"] + (["-"] if has_acc else []) + ["-", text("error", "red"), "-", str(r.error)[:60]]
         else:
             m, v = r.artifact.manifest, r.artifact.validation
             agree = f"{v['top1_agreement']:.1%}" if "top1_agreement" in v else "-"
@@ -285,7 +295,9 @@ def _convert_table(results, param_bytes: int) -> None:
             cells = [r.target, _kib(m.size_bytes), ratio, f"{v['sqnr_db']:.1f}", agree]
             if has_acc:
                 cells.append(f"{v['accuracy']:.1%} ({v['reference_accuracy']:.1%})" if "accuracy" in v else "-")
-            cells += [f"{m.extra.get('convert_seconds', 0.0):.1f}", text(v["status"], colors.get(v["status"], "")), str(r.artifact.path)]
+            flags = (m.extra.get("census") or {}).get("flags") or []
+            cells += [f"{m.extra.get('convert_seconds', 0.0):.1f}", text(v["status"], colors.get(v["status"], "")),
+                      text("; ".join(flags), "yellow") if flags else "", str(r.artifact.path)]
         row(t, *cells)
     OUT.print(t)
 

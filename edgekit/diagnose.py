@@ -349,8 +349,10 @@ def layer_errors(fmt: str, float_path: Path, quant_path: Path, samples: list[dic
     else:
         from edgekit.runtime import open_backend
 
-        names = [t.name for t in open_backend(float_path).inputs]
-        feed = [{rn: s[k] for rn, k in zip(names, s)} for s in samples]
+        from edgekit.pipeline import as_model_dtypes
+
+        float_inputs = open_backend(float_path).inputs
+        feed = [{t.name: a for t, a in zip(float_inputs, as_model_dtypes(s, float_inputs).values())} for s in samples]
         stats, dtypes = _tflite_stats(float_path.read_bytes(), quant_path.read_bytes(), feed)
         ops, ins, produced = _tflite_graph(float_path.read_bytes())
     return _layers(ops, ins, produced, stats, dtypes, per_channel)
@@ -379,7 +381,7 @@ def diagnose(artifact: str | Path, *, model=None, weights=None, data=None, sampl
     split = "train"
     if isinstance(source, str) and source.endswith((":train", ":test")) and not Path(source).exists():
         source, split = source.rsplit(":", 1)  # a named dataset as the manifest records it, e.g. digits:train
-    ds = load_calibration(source, spec.input_names, spec.input_shapes, split=split, spec_name=data_spec).take(slice(0, samples))
+    ds = load_calibration(source, spec.input_names, spec.input_shapes, split=split, spec_name=data_spec, inputs=spec.inputs).take(slice(0, samples))
     work = Path(work_dir("diagnose"))
     try:
         fm = _float_twin(art, spec, work)

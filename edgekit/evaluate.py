@@ -18,6 +18,7 @@ import numpy as np
 from edgekit.artifact import Artifact
 from edgekit.calibration import CalibrationData, load_calibration
 from edgekit.errors import DeviceError, UsageError
+from edgekit.inputs import INT_DTYPES
 from edgekit.validate import compare, is_classifier
 
 ProgressFn = Callable[[int, int], None]  # (samples done, total)
@@ -97,6 +98,15 @@ def _device_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], 
                   "device_seconds": report.get("seconds")}
 
 
+def input_specs(manifest) -> list:
+    """What data an artifact takes, in the PyTorch model's terms: quantized and float inputs take float
+    data (the runtime quantizes), integer inputs (ids, masks) integer data within their range."""
+    from edgekit.inputs import InputSpec
+
+    return [InputSpec(t.name, t.source_shape, t.dtype if t.quantization is None and t.dtype in INT_DTYPES else "float32",
+                      t.batched, t.value_range) for t in manifest.inputs]
+
+
 def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels_key: str | None = None,
              data_spec: str | None = None, device=None, reference=None, reference_weights: str | Path | None = None,
              threads: int | None = None, samples: int | None = None, batch: int = 256,
@@ -104,7 +114,8 @@ def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels
     art = Artifact.load(artifact)
     names = [i.name for i in art.manifest.inputs]
     shapes = [i.source_shape for i in art.manifest.inputs]
-    ds = load_calibration(data, names, shapes, split="test", spec_name=data_spec, labels_key=labels_key)
+    ds = load_calibration(data, names, shapes, split="test", spec_name=data_spec, labels_key=labels_key,
+                          inputs=input_specs(art.manifest))
     if samples:
         ds = ds.take(slice(0, samples))
     t0 = time.perf_counter()

@@ -26,6 +26,7 @@ from edgekit.calibration import CalibrationData, load_calibration, split_holdout
 from edgekit.errors import CalibrationError, ConversionError, EdgekitError, UsageError
 from edgekit.runtime import open_backend
 from edgekit.runtime.manifest import Manifest, Quantization, TensorSpec, Validation, safe_name, write_manifest
+from edgekit.inputs import InputOptions
 from edgekit.sources import ModelSpec, load_model
 from edgekit.targets import Target, load_target
 from edgekit.validate import compare, verdict
@@ -61,12 +62,15 @@ def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list
     if len(backend.inputs) != len(spec.input_names) or len(backend.outputs) != len(ref):
         raise ConversionError(f"the artifact has {len(backend.inputs)} inputs / {len(backend.outputs)} outputs, the model "
                               f"{len(spec.input_names)} / {len(ref)}", "the converter dropped or merged tensors; run with --debug")
-    def tensor(name, t, layout, source_layout, source_shape) -> TensorSpec:
+    def tensor(name, t, layout, source_layout, source_shape, batched=True, value_range=None) -> TensorSpec:
         q = Quantization(t.scale, t.zero_point) if t.scale is not None else None
-        return TensorSpec(name, tuple(t.shape), t.dtype, t.name, layout, source_layout, tuple(int(d) for d in source_shape), q)
+        return TensorSpec(name, tuple(t.shape), t.dtype, t.name, layout, source_layout, tuple(int(d) for d in source_shape), q,
+                          batched, value_range)
 
-    inputs = [tensor(spec.input_names[i], t, in_layouts[i], src_in[i], spec.input_shapes[i]) for i, t in enumerate(backend.inputs)]
-    outputs = [tensor(name, t, out_layouts[i], src_out[i], ref[i].shape) for i, (name, t) in enumerate(zip(output_names(spec), backend.outputs))]
+    inputs = [tensor(s.name, t, in_layouts[i], src_in[i], s.shape, s.batched, s.value_range)
+              for i, (s, t) in enumerate(zip(spec.inputs, backend.inputs))]
+    outputs = [tensor(name, t, out_layouts[i], src_out[i], ref[i].shape, ref[i].ndim > 0 and ref[i].shape[0] == spec.batch)
+               for i, (name, t) in enumerate(zip(output_names(spec), backend.outputs))]
     return inputs, outputs
 
 
@@ -76,11 +80,11 @@ def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib
 
     Warnings for every target go to `warnings`; those only calibrating targets need, to `calib_warnings`."""
     if validation is not None:  # the user's own validation set: calibration keeps all of --calib
-        val = load_calibration(validation, spec.input_names, spec.input_shapes, spec_name=calib_spec)
+        val = load_calibration(validation, spec.input_names, spec.input_shapes, spec_name=calib_spec, inputs=spec.inputs)
         calib = None
         if calibration is not None or spec.default_calibration:
             calib = load_calibration(calibration if calibration is not None else spec.default_calibration,
-                                     spec.input_names, spec.input_shapes, spec_name=calib_spec)
+                                     spec.input_names, spec.input_shapes, spec_name=calib_spec, inputs=spec.inputs)
             calib = calib.take(slice(0, calib_samples))
         elif any(t.quant.needs_calibration for t in targets):
             raise CalibrationError("static int8 targets need calibration data besides --val-data", "pass --calib too")
@@ -91,16 +95,16 @@ def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib
         if needing:
             raise CalibrationError(f"{', '.join(needing)} need{'s' if len(needing) == 1 else ''} calibration data",
                                    "pass --calib data.npy (or a folder, .npz, digits); --calib random calibrates on noise and is not recommended")
-        data = load_calibration("random", spec.input_names, spec.input_shapes, random_samples=min(val_samples, 64))
+        data = load_calibration("random", spec.input_names, spec.input_shapes, random_samples=min(val_samples, 64), inputs=spec.inputs)
         warnings.append("validated on random inputs (no --calib given): pass real data for figures you can trust")
         return None, data
-    data = load_calibration(source, spec.input_names, spec.input_shapes, spec_name=calib_spec)
+    data = load_calibration(source, spec.input_names, spec.input_shapes, spec_name=calib_spec, inputs=spec.inputs)
     if data.synthetic and needing:
         calib_warnings.append("calibrating on random data (--calib random): int8 ranges will not match real inputs; expect accuracy loss")
     warnings.extend(data.notes)
     if isinstance(source, str) and data.source.endswith(":train"):
         # a named dataset has a real test split: calibrate on train, validate on test
-        val = load_calibration(source, spec.input_names, spec.input_shapes, split="test")
+        val = load_calibration(source, spec.input_names, spec.input_shapes, split="test", inputs=spec.inputs)
         return data.take(slice(0, calib_samples)), val.take(slice(0, val_samples))
     calib, val = split_holdout(data, calib_samples, val_samples)
     if val is None:
@@ -124,7 +128,7 @@ def _budget(spec: ModelSpec, tgts: Sequence[Target], val: CalibrationData, max_d
     if max_drop < 0:
         raise UsageError(f"--max-accuracy-drop must be at least 0 points, not {max_drop}", "e.g. --max-accuracy-drop 0.5")
     ds = val if data is None else load_calibration(data, spec.input_names, spec.input_shapes, split="test", spec_name=calib_spec,
-                                                    labels_key=labels_key)
+                                                    labels_key=labels_key, inputs=spec.inputs)
     if ds.labels is None:
         warnings.append(f"{ds.source} has no labels: the accuracy budget is measured as top-1 agreement with the float model")
     if len(ds) < 500:
@@ -156,7 +160,7 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
             validation: str | Path | np.ndarray | CalibrationData | None = None,
             progress: ProgressFn | None = None, warnings: list[str] | None = None,
             max_accuracy_drop: float | None = None, budget_data=None, labels_key: str | None = None,
-            budget_s: float = 600.0) -> Artifact:
+            budget_s: float = 600.0, inputs: InputOptions | None = None) -> Artifact:
     """Convert a PyTorch model to one target and validate it; returns the written Artifact.
 
     Bad input raises before any conversion starts; a failed conversion raises and leaves nothing behind.
@@ -166,7 +170,8 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
                           weights=weights, calib_samples=calib_samples, val_samples=val_samples, calib_method=calib_method,
                           calib_spec=calib_spec, channels_last=channels_last, trust_pickle=trust_pickle, validation=validation,
                           progress=(lambda _t, stage, event, sec: progress(stage, event, sec)) if progress else None,
-                          max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s)
+                          max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s,
+                          inputs=inputs)
     if warnings is not None:
         warnings.extend(res.warnings)
     if res.error is not None:
@@ -213,6 +218,11 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
             if not budget_report.met:
                 warnings.append(f"accuracy budget not met: {budget_report.metric} drop {budget_report.to_json()['drop_points']:.2f} points "
                                 f"> {budget_report.max_drop_points} ({budget_report.reason}); kept the closest artifact")
+        from edgekit import census
+
+        # what the converter did to size and precision: ops left float, duplicated constants (issue 10)
+        manifest.extra["census"], found = census.report(model_file, spec.param_bytes_fp32, tgt.precision)
+        warnings.extend(found)
         manifest.extra["stages"] = stages.timings
         manifest.extra["convert_seconds"] = round(time.perf_counter() - t_start, 3)
         manifest.warnings = list(warnings)
@@ -273,17 +283,26 @@ def quantize_float(fm: FloatModel, spec: ModelSpec, tgt: Target, calib: Calibrat
             return onnx_quant.quantize(fm.path, model_file, q, samples, work)
     from edgekit.quantize import tflite as tfl_quant
 
-    runtime_names = [t.name for t in open_backend(fm.path).inputs]
+    float_inputs = open_backend(fm.path).inputs
+    runtime_names = [t.name for t in float_inputs]
+    if samples:
+        samples = [as_model_dtypes(s, float_inputs) for s in samples]
     with stages.stage("calibrate+quantize" if q.needs_calibration else "quantize"):
         info = tfl_quant.quantize_aeq(fm.path, model_file, q, samples, runtime_names)
     tfl_quant.write_recipe(info["recipe"], model_file.with_name("recipe.json"))
     return info
 
 
+def as_model_dtypes(sample: dict, model_inputs) -> dict:
+    """Integer arrays in the dtypes the converted model takes (LiteRT takes int64 ids as int32), in input order."""
+    return {n: (a.astype(t.dtype) if a.dtype.kind in "iub" and a.dtype != np.dtype(t.dtype) else a)
+            for (n, a), t in zip(sample.items(), model_inputs)}
+
+
 def calib_samples(spec: ModelSpec, fm: FloatModel, calib: CalibrationData) -> list[dict]:
     """Calibration batches keyed by the model's input names, in the float model's layout."""
     return [{n: (s[n].transpose(0, 2, 3, 1).copy() if lay == "NHWC" else s[n]) for n, lay in zip(spec.input_names, fm.in_layouts)}
-            for s in calib.samples(spec.input_shapes[0][0])]
+            for s in calib.samples(spec.batch)]
 
 
 def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels_last: bool, model_file: Path,
@@ -344,7 +363,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
                  calib_spec: str | None = None, channels_last: bool = False,
                  input_shapes=None, weights=None, trust_pickle: bool = False, validation=None,
                  progress=None, lint_report=None, max_accuracy_drop: float | None = None, budget_data=None,
-                 labels_key: str | None = None, budget_s: float = 600.0) -> list[ConvertResult]:
+                 labels_key: str | None = None, budget_s: float = 600.0, inputs: InputOptions | None = None) -> list[ConvertResult]:
     """Several targets over one loaded model and one checked dataset.
 
     Bad input (model, target names, calibration data, output folders) raises before any conversion;
@@ -354,7 +373,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     `progress(target, stage, event, seconds)` is called around every stage; `lint_report({target:
     [finding, ...]})` once, before any conversion, with the pre-conversion lint's findings.
     """
-    spec = model if isinstance(model, ModelSpec) else load_model(model, input_shapes, weights, trust_pickle)
+    spec = model if isinstance(model, ModelSpec) else load_model(model, input_shapes, weights, trust_pickle, inputs)
     if out_dir and len(targets) > 1:
         raise EdgekitError("out_dir names one artifact folder but several targets were given", "use out_root (--out-dir) for several targets")
     tgts = [_with_calib_method(load_target(t), calib_method) for t in targets]

@@ -45,7 +45,14 @@ def _random_inputs(model):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return [rng.random(tuple(i.source_shape), dtype=np.float32) for i in model.inputs]
+    feed = []
+    for i in model.inputs:
+        if i.quantization is None and np.dtype(i.dtype).kind in "iub":  # ids, masks: valid values, never the whole range
+            lo, hi = i.value_range or (0, 2)
+            feed.append(rng.integers(lo, hi, size=tuple(i.shape)).astype(i.dtype))
+        else:
+            feed.append(rng.random(tuple(i.source_shape), dtype=np.float32))
+    return feed
 
 
 def _bare_feed(backend):
@@ -55,9 +62,9 @@ def _bare_feed(backend):
     feed = []
     for t in backend.inputs:
         dt = np.dtype(t.dtype)
-        if np.issubdtype(dt, np.integer):
-            info = np.iinfo(dt)
-            feed.append(rng.integers(info.min, info.max, size=t.shape, dtype=dt, endpoint=True))
+        if np.issubdtype(dt, np.integer) or dt == np.bool_:
+            # a bare model says nothing of its ids' range: 0 and 1 are valid for any embedding and mask
+            feed.append(rng.integers(0, 2, size=t.shape).astype(dt))
         else:
             feed.append(rng.random(t.shape).astype(dt))
     return feed

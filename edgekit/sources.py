@@ -15,7 +15,7 @@ import os
 import pickle
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import ModelLoadError, UsageError
+from edgekit.inputs import InputOptions, InputSpec, apply_declared, apply_options
 
 DEFAULT_MODEL = "edgekit.examples.digits:build"
 
@@ -38,10 +39,21 @@ class ModelSpec:
     default_calibration: str | None = None  # e.g. "digits" for the bundled example
     prequantized: bool = False  # holds quantize/dequantize ops (a PT2E-quantized graph, e.g. from edgekit qat)
     weights: str | None = None  # the state dict loaded into it, if any (absolute path)
+    inputs: list[InputSpec] = field(default_factory=list)  # name, shape, dtype, batch axis, integer range
+    bound: dict = field(default_factory=dict)  # non-tensor forward arguments bound once (--bind)
+
+    def __post_init__(self):
+        if not self.inputs:
+            self.inputs = [InputSpec(n, tuple(t.shape), _np_dtype(t.dtype)) for n, t in zip(self.input_names, self.example_inputs)]
 
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(t.shape) for t in self.example_inputs]
+
+    @property
+    def batch(self) -> int:
+        """The batch the model was exported with (1 when no input has a batch axis)."""
+        return next((int(s.shape[0]) for s in self.inputs if s.batched and s.shape), 1)
 
     @property
     def param_bytes_fp32(self) -> int:
@@ -63,9 +75,11 @@ class ModelSpec:
 
     def outputs_for(self, data) -> list[np.ndarray]:
         """The model's outputs on every sample of a CalibrationData, batched as the model was exported."""
-        chunks = [self.reference_outputs(*(torch.from_numpy(s[n]) for n in self.input_names))
-                  for s in data.samples(self.example_inputs[0].shape[0])]
-        return [np.concatenate([c[k].numpy() for c in chunks]) for k in range(len(chunks[0]))]
+        from edgekit.runtime import combine_calls
+
+        chunks = [[o.numpy() for o in self.reference_outputs(*(torch.from_numpy(s[n]) for n in self.input_names))]
+                  for s in data.samples(self.batch)]
+        return combine_calls(chunks, self.batch)
 
     def io_layouts(self) -> tuple[list[str | None], list[str | None]]:
         """Layouts of the PyTorch model's inputs and outputs (NCHW for 4-D tensors)."""
@@ -225,6 +239,8 @@ def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None,
     """(module, example args, input names, default calibration data) from a model file."""
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}", "check the path")
+    if path.suffix in (".jit", ".ts") and not _is_torchscript(path):
+        raise ModelLoadError(f"{path} is not a TorchScript file", "save it with torch.jit.save(torch.jit.script(model), 'net.pt')")
     if path.suffix == ".pt2":
         from torch.ao.quantization.fx._decomposed import quantized_decomposed_lib  # noqa: F401  (q/dq ops of QAT graphs)
 
@@ -263,6 +279,14 @@ def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None,
     raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a model", "give TorchScript (.pt), torch.export (.pt2) or file.py:factory")
 
 
+def _names_from(obj: Any) -> list[str] | None:
+    """Input names a factory or module declares (`input_names = ("input_ids", "attention_mask")`)."""
+    names = getattr(obj, "input_names", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
 def _example_from(obj: Any) -> tuple | None:
     """Example inputs declared on a factory or module: example_inputs (tensors) or example_input_shape."""
     for holder in (obj,):
@@ -285,24 +309,35 @@ def load_model(
     input_shapes: Sequence[Sequence[int]] | None = None,
     weights: str | Path | None = None,
     trust_pickle: bool = False,
+    inputs: InputOptions | None = None,
 ) -> ModelSpec:
+    """The model as an eval-mode module, its example inputs and what each input is (see edgekit.inputs).
+
+    `input_shapes` is the same as `inputs.shapes` (kept for the callers that only have shapes)."""
+    opts = inputs or InputOptions()
+    if input_shapes and not opts.shapes:
+        opts = InputOptions(**{**opts.__dict__, "shapes": [tuple(map(int, s)) for s in input_shapes]})
     default_calib = None
     names: list[str] | None = None
     example: tuple | None = None
+    declared = None
     if source is None:
         source, default_calib = DEFAULT_MODEL, "digits"
     if isinstance(source, nn.Module):
         module, label, name = source, type(source).__name__, type(source).__name__.lower()
         example = _example_from(source)
+        declared = getattr(source, "input_spec", None)
     else:
         label = str(source)
         suffix = Path(label).suffix
-        if suffix in (".pt", ".pth", ".pt2", ".ptl") and ":" not in label:
+        if suffix in (".pt", ".pth", ".pt2", ".ptl", ".jit", ".ts") and ":" not in label:
             module, example, names, default_calib = _load_file(Path(label), trust_pickle)
             name = Path(label).stem
         elif ":" in label:
             obj, attr = _resolve_attr(label)
             example = _example_from(obj)
+            declared = getattr(obj, "input_spec", None)
+            names = _names_from(obj)
             if isinstance(obj, nn.Module):
                 module = obj
             elif callable(obj):
@@ -315,6 +350,8 @@ def load_model(
             if not isinstance(module, nn.Module):
                 raise ModelLoadError(f"{label}() returned a {type(module).__name__}, not an nn.Module", "the factory must return a torch.nn.Module")
             example = example or _example_from(module)
+            declared = declared if declared is not None else getattr(module, "input_spec", None)
+            names = names or _names_from(module)
             name = "digits-cnn" if label == DEFAULT_MODEL else (Path(label.split(":")[0]).stem if label.split(":")[0].endswith(".py") else attr)
         else:
             raise ModelLoadError(f"cannot tell what model {label!r} is",
@@ -331,9 +368,9 @@ def load_model(
         except Exception as exc:
             raise ModelLoadError(f"cannot load weights {weights}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                                  "the file must be a state dict matching the architecture") from exc
-    if input_shapes:
-        check_input_size([tuple(map(int, s)) for s in input_shapes])
-        example = tuple(torch.rand(*map(int, s)) for s in input_shapes)
+    if declared is not None and not isinstance(declared, (list, tuple)):
+        declared = None if callable(declared) else declared
+    example = _example_inputs(example, opts, declared)
     if not example:
         raise UsageError(f"cannot tell the input shape of {label}",
                          "pass --input-shape 1,3,224,224 (once per input), or set example_input_shape on the factory")
@@ -343,12 +380,120 @@ def load_model(
         pass
     if not names or len(names) != len(example):
         names = ["input"] if len(example) == 1 else [f"input_{i}" for i in range(len(example))]
+    specs = [InputSpec(n, tuple(t.shape), _np_dtype(t.dtype)) for n, t in zip(names, example)]
+    specs = apply_options(apply_declared(specs, declared, label), opts)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{label} names two inputs the same: {names}", "give each input its own name in input_spec")
+    if not all(s.batched for s in specs) and next((s.shape[0] for s in specs if s.batched and s.shape), 1) != 1:
+        raise UsageError(f"{label} has state inputs (no batch axis) and a batch of more than 1",
+                         "export streaming models with batch 1 (--input-shape 1,...)")
+    module = _bind(module, len(example), opts.bind, label)
     try:
         with torch.no_grad():
             module(*example)
     except Exception as exc:
-        raise ModelLoadError(f"the model does not run on inputs of shape {', '.join(str(tuple(t.shape)) for t in example)}: "
+        raise ModelLoadError(f"the model does not run on inputs {', '.join(s.describe() for s in specs)}: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-                             "check --input-shape") from exc
+                             "check --input-shape / --input-dtype / --bind") from exc
     return ModelSpec(module, tuple(example), names, name, label, default_calib, prequantized=is_prequantized(module),
-                     weights=str(Path(weights).resolve()) if weights else None)
+                     weights=str(Path(weights).resolve()) if weights else None, inputs=specs, bound=dict(opts.bind))
+
+
+_TORCH_TO_NP = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64", torch.bfloat16: "bfloat16",
+                torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
+                torch.bool: "bool"}
+_NP_TO_TORCH = {v: k for k, v in _TORCH_TO_NP.items()}
+
+
+def _np_dtype(dtype: torch.dtype) -> str:
+    if dtype not in _TORCH_TO_NP:
+        raise UsageError(f"an input of dtype {dtype} is not supported", f"inputs are one of {', '.join(_TORCH_TO_NP.values())}")
+    return _TORCH_TO_NP[dtype]
+
+
+def _example_inputs(example: tuple | None, opts: InputOptions, declared) -> tuple | None:
+    """The example tensors: the model's own, or made from --input-shape; dtypes as declared.
+
+    Integer inputs made here hold values from their declared range (else zeros: a valid index for an
+    embedding, never random ids from the whole int64 range)."""
+    decl = list(declared) if isinstance(declared, (list, tuple)) else []
+
+    def dtype_for(i: int, current: str) -> str:
+        name = decl[i].get("name") if i < len(decl) and isinstance(decl[i], dict) else None
+        want = opts.dtypes.get(f"#{i}") or (opts.dtypes.get(name) if name else None)
+        if want is None and len(opts.dtypes) == 1 and "#0" in opts.dtypes:
+            want = opts.dtypes["#0"]
+        if want is None and i < len(decl) and isinstance(decl[i], dict):
+            want = decl[i].get("dtype")
+        return want or current
+
+    def range_for(i: int):
+        name = decl[i].get("name") if i < len(decl) and isinstance(decl[i], dict) else None
+        r = opts.ranges.get(name) if name else None
+        if r is None and i < len(decl) and isinstance(decl[i], dict) and decl[i].get("range") is not None:
+            r = tuple(decl[i]["range"])
+        return r
+
+    def make(shape, dtype: str, rng) -> torch.Tensor:
+        if dtype not in _NP_TO_TORCH:
+            raise UsageError(f"input dtype {dtype!r} is not supported", f"use one of {', '.join(_NP_TO_TORCH)}")
+        tdt = _NP_TO_TORCH[dtype]
+        if tdt.is_floating_point:
+            return torch.rand(*shape).to(tdt)
+        if rng is not None:
+            return torch.randint(int(rng[0]), int(rng[1]), tuple(shape), generator=torch.Generator().manual_seed(0)).to(tdt)
+        return torch.zeros(tuple(shape), dtype=tdt)
+
+    if opts.shapes:
+        check_input_size(opts.shapes)
+        return tuple(make(s, dtype_for(i, "float32"), range_for(i)) for i, s in enumerate(opts.shapes))
+    if example and opts.dtypes:
+        return tuple(t if dtype_for(i, _np_dtype(t.dtype)) == _np_dtype(t.dtype) else t.to(_NP_TO_TORCH[dtype_for(i, _np_dtype(t.dtype))])
+                     for i, t in enumerate(example))
+    return example
+
+
+class _Bound(nn.Module):
+    """A module whose non-tensor forward arguments (a VAD's sample rate) are bound once."""
+
+    def __init__(self, inner: nn.Module, kwargs: dict):
+        super().__init__()
+        self.inner = inner
+        self.kwargs = dict(kwargs)
+
+    def forward(self, *args):
+        return self.inner(*args, **self.kwargs)
+
+
+def _forward_params(module: nn.Module) -> list[tuple[str, bool, str]] | None:
+    """(name, has default, kind) of forward's arguments after self, TorchScript or Python; None if unknown."""
+    import inspect
+
+    fwd = getattr(module, "forward", None)
+    schema = getattr(fwd, "schema", None)
+    if schema is not None:  # TorchScript
+        return [(a.name, a.has_default_value(), str(a.type)) for a in schema.arguments[1:]]
+    try:
+        sig = inspect.signature(fwd)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+        return None
+    return [(p.name, p.default is not p.empty, "") for p in sig.parameters.values()]
+
+
+def _bind(module: nn.Module, n_tensors: int, bind: dict, label: str) -> nn.Module:
+    params = _forward_params(module)
+    if params is not None:
+        rest = params[n_tensors:]
+        unknown = sorted(set(bind) - {n for n, _, _ in rest})
+        if unknown:
+            raise UsageError(f"--bind {unknown[0]}: forward() of {label} has no argument {unknown[0]!r} after its tensor inputs",
+                             f"its arguments after the inputs: {', '.join(n for n, _, _ in rest) or 'none'}")
+        missing = [(n, kind) for n, has_default, kind in rest if not has_default and n not in bind]
+        if missing:
+            n, kind = missing[0]
+            raise UsageError(f"forward() of {label} needs a value for argument {n!r}{f' ({kind})' if kind else ''}",
+                             f"bind it once with --bind {n}=VALUE (e.g. --bind sr=16000)")
+    return _Bound(module, bind) if bind else module

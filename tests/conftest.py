@@ -164,3 +164,15 @@ def adb(tmp_path_factory):
         client("kill-server", check=False, timeout=15)
 
 
+
+
+@pytest.fixture(scope="module")
+def bench_doc(digits_int8, tmp_path_factory):
+    """A real `edgekit bench --json` result of a small artifact (the safety tests mutate it)."""
+    import json
+
+    root = tmp_path_factory.mktemp("bench-doc")
+    r = run_cli("bench", digits_int8, "--device", "local", "--runs", "5", "--warmup", "1", "--json", "bench.json", cwd=root,
+                env={"PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    return json.loads((root / "bench.json").read_text())

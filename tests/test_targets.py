@@ -54,8 +54,6 @@ def test_bad_target_files_name_the_problem(in_tmp, body, match):
 
 
 def test_overrides_round_trip_through_an_artifact_folder(in_tmp):
-    import json
-
     (in_tmp / "t.toml").write_text('format = "tflite"\nprecision = "int8"\n[quantize]\nmode = "static"\nbackend = "aeq"\n'
                                    '[[quantize.overrides]]\nlayer = "^a;$"\nprecision = "int16"\n'
                                    '[[quantize.overrides]]\nlayer = "^b;$"\nprecision = "float"\n')
@@ -63,7 +61,10 @@ def test_overrides_round_trip_through_an_artifact_folder(in_tmp):
     assert [(o.layer, o.precision) for o in t.quant.overrides] == [("^a;$", "int16"), ("^b;$", "float")]
     art = in_tmp / "art"
     art.mkdir()
-    (art / "manifest.json").write_text(json.dumps({"target": t.to_dict()}))
+    from edgekit.runtime.manifest import Manifest, TensorSpec, write_manifest
+
+    write_manifest(art, Manifest("model.tflite", "tflite", [TensorSpec("x", (1, 4), "float32")], [TensorSpec("y", (1, 2), "float32")],
+                                 target=t.to_dict()))
     again = load_target(str(art))
     assert again.quant == t.quant
 

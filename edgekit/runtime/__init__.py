@@ -65,7 +65,11 @@ class Model:
             raise UsageError(f"the model takes {len(self.inputs)} input(s), got {len(arrays)}")
         feed = []
         for spec, x in zip(self.inputs, arrays):
-            x = np.asarray(x, dtype=np.float32)
+            x = np.asarray(x)
+            if spec.quantization is None and np.dtype(spec.dtype).kind in "iub":
+                feed.append(_as_integer(x, spec))  # ids and masks go in as they are: never through float
+                continue
+            x = x.astype(np.float32, copy=False)
             perm = _layout_perm(input_layout or spec.source_layout, spec.layout)
             if perm:
                 x = x.transpose(perm)
@@ -85,19 +89,55 @@ class Model:
             result.append(np.ascontiguousarray(y.transpose(perm)) if perm else y)
         return result
 
+    @property
+    def batch(self) -> int:
+        return next((int(t.shape[0]) or 1 for t in self.inputs if t.batched and t.shape), 1)
+
     def run_batch(self, *arrays: np.ndarray, input_layout: str | None = None) -> list[np.ndarray]:
-        """Run N samples through a fixed-batch artifact by slicing along the first axis."""
-        b = int(self.inputs[0].shape[0]) if self.inputs[0].shape else 1
-        b = b or 1
+        """Run N samples through a fixed-batch artifact: batched inputs are sliced along their first axis,
+        inputs without a batch axis (state) take their i-th sample whole. Each input's first axis counts samples."""
+        b = self.batch
         n = len(arrays[0])
         if n % b:
             raise UsageError(f"{n} samples do not divide into the artifact's batch of {b}")
-        chunks = [self(*(a[i:i + b] for a in arrays), input_layout=input_layout) for i in range(0, n, b)]
-        return [np.concatenate([c[k] for c in chunks]) for k in range(len(self.outputs))]
+        chunks = [self(*(a[i:i + b] if t.batched else a[i] for t, a in zip(self.inputs, arrays)), input_layout=input_layout)
+                  for i in range(0, n, b)]
+        return combine_calls(chunks, b)
+
+
+def _as_integer(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """An integer input in the artifact's dtype (LiteRT takes int64 ids as int32), refusing values that
+    would not survive the cast or lie outside the declared range."""
+    if tuple(x.shape) != spec.shape:
+        raise UsageError(f"input {spec.name!r} has shape {tuple(x.shape)}, the artifact takes {spec.shape}")
+    if x.dtype.kind == "f":
+        if not np.all(np.isfinite(x)) or not np.all(x == np.round(x)):
+            raise UsageError(f"input {spec.name!r} takes {spec.dtype} values (ids, masks), got non-integer floats", "pass integer arrays")
+    elif x.dtype.kind not in "iub":
+        raise UsageError(f"input {spec.name!r} takes {spec.dtype}, got {x.dtype}")
+    if x.size:
+        lo, hi = (np.iinfo(spec.dtype).min, np.iinfo(spec.dtype).max + 1) if spec.dtype != "bool" else (0, 2)
+        if spec.value_range is not None:
+            lo, hi = max(lo, spec.value_range[0]), min(hi, spec.value_range[1])
+        if x.min() < lo or x.max() >= hi:
+            raise UsageError(f"input {spec.name!r} holds values from {x.min()} to {x.max()}, outside {lo}..{hi - 1}",
+                             "check the tokenizer / ids against the model's vocabulary")
+    return x.astype(spec.dtype, copy=False)
+
+
+def combine_calls(chunks: list[list[np.ndarray]], batch: int) -> list[np.ndarray]:
+    """Per-call outputs joined over calls: concatenated along the batch axis, or stacked on a new first
+    axis for outputs whose first axis is not the batch (a state shaped (layers, 1, hidden))."""
+    out = []
+    for k in range(len(chunks[0])):
+        parts = [np.asarray(c[k]) for c in chunks]
+        batched = parts[0].ndim > 0 and parts[0].shape[0] == batch
+        out.append(np.concatenate(parts) if batched else np.stack(parts))
+    return out
 
 
 def load(folder: str | Path, num_threads: int | None = None) -> Model:
     return Model(folder, num_threads)
 
 
-__all__ = ["Model", "load", "read_manifest", "Manifest", "TensorSpec", "MANIFEST", "quantize", "dequantize", "TensorInfo", "open_backend"]
+__all__ = ["Model", "load", "combine_calls", "read_manifest", "Manifest", "TensorSpec", "MANIFEST", "quantize", "dequantize", "TensorInfo", "open_backend"]

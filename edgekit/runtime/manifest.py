@@ -130,12 +130,17 @@ class TensorSpec:
     source_layout: str | None = None
     source_shape: tuple[int, ...] = ()  # in the PyTorch model's layout
     quantization: Quantization | None = None
+    batched: bool = True  # False: the first axis is not the batch (a recurrent state)
+    value_range: tuple[int, int] | None = None  # integer inputs: valid values lo <= v < hi (token ids)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name, "runtime_name": self.runtime_name, "shape": list(self.shape), "dtype": self.dtype}
         if self.quantization is not None:
             d["quantization"] = self.quantization.to_dict()
-        d.update({"layout": self.layout, "source_layout": self.source_layout, "source_shape": list(self.source_shape)})
+        d.update({"layout": self.layout, "source_layout": self.source_layout, "source_shape": list(self.source_shape),
+                  "batched": self.batched})
+        if self.value_range is not None:
+            d["value_range"] = list(self.value_range)
         return d
 
     @classmethod
@@ -167,8 +172,21 @@ class TensorSpec:
                 raise r.fail(f"{path}.quantization.scale", "must be positive")
             lo, hi = INT_RANGES[dtype]
             quant = Quantization(scale, r.int_(qd.get("zero_point"), f"{path}.quantization.zero_point", lo, hi))  # type: ignore[arg-type]
+        batched = d.get("batched", True)
+        if not isinstance(batched, bool):
+            raise r.fail(f"{path}.batched", "must be true or false")
+        vr = d.get("value_range")
+        value_range = None
+        if vr is not None:
+            if not isinstance(vr, list) or len(vr) != 2:
+                raise r.fail(f"{path}.value_range", "must be [lo, hi]")
+            lo = r.int_(vr[0], f"{path}.value_range[0]", -(2 ** 63), 2 ** 63 - 1)
+            hi = r.int_(vr[1], f"{path}.value_range[1]", -(2 ** 63), 2 ** 63)
+            if hi <= lo:  # type: ignore[operator]
+                raise r.fail(f"{path}.value_range", "must have lo < hi")
+            value_range = (lo, hi)
         return cls(name, shape, dtype, r.str_(d.get("runtime_name", ""), f"{path}.runtime_name", max_len=512) or "",  # type: ignore[arg-type]
-                   layouts[0], layouts[1], source_shape, quant)
+                   layouts[0], layouts[1], source_shape, quant, batched, value_range)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

