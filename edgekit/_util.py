@@ -6,6 +6,8 @@ import contextlib
 import io
 import logging
 import os
+import re
+import socket
 import sys
 import tempfile
 import time
@@ -97,25 +99,29 @@ class Stages:
 # ---------------------------------------------------------------------------- temporary work folders
 
 _WORK_MARK = ".edgekit-work"
+# This host, reduced to letters and digits: part of every staging and work folder's name, so that a sweep
+# only ever judges folders of processes it can see (a pid is meaningless on another host).
+HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
 
-def _work_prefix(tag: str) -> str:
-    import re
-    import socket
-
-    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-    return f"edgekit-{tag}-{host}-"
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host runs with that pid (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sweep_work_dirs(root: str | None = None) -> int:
     """Remove temporary work folders that dead edgekit processes of this host left (SIGKILL, power
     loss): only folders named by `work_dir` that hold its marker and whose pid is gone."""
-    import re
     import shutil
 
     root = root or tempfile.gettempdir()
     pat = re.compile(r"^edgekit-[a-z0-9]+-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
-    host = _work_prefix("x").split("-")[2]
     n = 0
     try:
         entries = os.scandir(root)
@@ -124,14 +130,7 @@ def sweep_work_dirs(root: str | None = None) -> int:
     with entries:
         for e in entries:
             m = pat.match(e.name)
-            if not m or m["host"] != host or not e.is_dir(follow_symlinks=False):
-                continue
-            try:
-                os.kill(int(m["pid"]), 0)
-                continue  # alive
-            except ProcessLookupError:
-                pass
-            except PermissionError:
+            if not m or m["host"] != HOST or not e.is_dir(follow_symlinks=False) or pid_alive(int(m["pid"])):
                 continue
             if os.path.isfile(os.path.join(e.path, _WORK_MARK)):
                 shutil.rmtree(e.path, ignore_errors=True)
@@ -143,7 +142,7 @@ def work_dir(tag: str = "work") -> str:
     """A fresh temporary folder named with this host and pid (and marked), so that what a killed run
     leaves is recognised and swept by the next one. The caller removes it when done."""
     sweep_work_dirs()
-    path = tempfile.mkdtemp(prefix=f"{_work_prefix(tag)}{os.getpid()}-")
+    path = tempfile.mkdtemp(prefix=f"edgekit-{tag}-{HOST}-{os.getpid()}-")
     with open(os.path.join(path, _WORK_MARK), "w") as f:
         f.write(f"{os.getpid()}\n")
     return path

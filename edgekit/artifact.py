@@ -13,14 +13,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import __version__
-from edgekit._util import check_terminated
+from edgekit._util import HOST, check_terminated, pid_alive
 from edgekit.errors import ArtifactError, UsageError
 from edgekit.runtime.manifest import MANIFEST, Manifest, model_file, read_manifest
 
@@ -90,7 +89,6 @@ class Artifact:
 
 OWNED = ".edgekit-files"
 _STAGING_MARK = ".edgekit-staging"
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 _STAGING_RE = re.compile(r"^\.(?P<name>.+)\.edgekit-(?P<kind>staging|old)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _STEP_HOOK = None  # tests: called with each commit step's name (to kill the process between steps)
@@ -101,14 +99,9 @@ def _step(name: str) -> None:
         _STEP_HOOK(name)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _staging_prefix(dest: Path) -> str:
+    """Hidden, beside dest, named with this host and pid: what sweep_stale recognises."""
+    return f".{dest.name}.edgekit-staging-{HOST}-{os.getpid()}-"
 
 
 def _listing(folder: Path) -> set[str]:
@@ -174,7 +167,7 @@ def sweep_stale(parent: Path) -> list[Path]:
         return swept
     for p in entries:
         m = _STAGING_RE.match(p.name)
-        if not m or m["host"] != _HOST or _pid_alive(int(m["pid"])) or p.is_symlink() or not p.is_dir():
+        if not m or m["host"] != HOST or pid_alive(int(m["pid"])) or p.is_symlink() or not p.is_dir():
             continue
         if m["kind"] == "staging" and (p / _STAGING_MARK).is_file():
             shutil.rmtree(p, ignore_errors=True)
@@ -199,7 +192,7 @@ class Staging:
         self.dest = self._check(Path(dest))
         sweep_stale(self.dest.parent)
         try:
-            self.path = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=f".{self.dest.name}.edgekit-staging-{_HOST}-{os.getpid()}-"))
+            self.path = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=_staging_prefix(self.dest)))
             (self.path / _STAGING_MARK).write_text(f"{os.getpid()}\n")
             umask = os.umask(0)
             os.umask(umask)
@@ -245,7 +238,7 @@ class Staging:
         parent = absolute.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            probe = Path(tempfile.mkdtemp(dir=parent, prefix=f".{absolute.name}.edgekit-staging-{_HOST}-{os.getpid()}-"))
+            probe = Path(tempfile.mkdtemp(dir=parent, prefix=_staging_prefix(absolute)))
             probe.rmdir()
         except OSError as exc:
             raise UsageError(f"cannot write to {parent}: {exc.strerror or exc}", "choose a writable folder for --out") from None
@@ -283,7 +276,7 @@ class Staging:
                 raise ArtifactError(f"cannot swap the artifact into {self.given}: {os.strerror(err)}", "check the folder's permissions")
             # no atomic exchange on this filesystem: two renames; a kill between them leaves the old
             # artifact aside under a name the next run puts back (sweep_stale)
-            old = self.dest.parent / f".{self.dest.name}.edgekit-old-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            old = self.dest.parent / f".{self.dest.name}.edgekit-old-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(self.dest, old)
             _step("old-aside")
             os.rename(self.path, self.dest)

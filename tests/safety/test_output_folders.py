@@ -122,9 +122,10 @@ def test_what_a_sigkill_leaves_is_swept_by_the_next_run(tmp_path):
 
 def test_a_foreign_hidden_folder_that_looks_like_staging_is_not_swept(tmp_path):
     """Only folders carrying edgekit's marker and a dead owner's pid are swept."""
-    from edgekit.artifact import _HOST, sweep_stale
+    from edgekit._util import HOST
+    from edgekit.artifact import sweep_stale
 
-    fake = tmp_path / f".art.edgekit-staging-{_HOST}-999999-abc"
+    fake = tmp_path / f".art.edgekit-staging-{HOST}-999999-abc"
     fake.mkdir()
     (fake / "precious").write_text("x")
     sweep_stale(tmp_path)
