@@ -18,6 +18,7 @@ import numpy as np
 from edgekit.catalog import toml_catalogue
 from edgekit.errors import CalibrationError
 from edgekit.inputs import InputSpec
+from edgekit.runtime.manifest import integer_bounds
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 LABEL_KEYS = ("y", "labels", "label", "targets")
@@ -299,9 +300,7 @@ def _integers(a: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     if not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
         raise CalibrationError(f"calibration data from {source} is {a.dtype} for input {spec.name!r}, which takes {spec.dtype} "
                                "(ids, masks, indices)", f"give integer arrays for {spec.name!r}, as the tokenizer produces them")
-    lo, hi = (0, 2) if spec.dtype == "bool" else (np.iinfo(spec.dtype).min, np.iinfo(spec.dtype).max + 1)
-    if spec.value_range is not None:
-        lo, hi = max(lo, spec.value_range[0]), min(hi, spec.value_range[1])
+    lo, hi = integer_bounds(spec.dtype, spec.value_range)
     if a.size and (int(a.min()) < lo or int(a.max()) >= hi):
         raise CalibrationError(f"calibration data from {source} holds {spec.name!r} values from {int(a.min())} to {int(a.max())}, "
                                f"outside {lo}..{hi - 1}", "check the tokenizer/vocabulary, or --input-range")

@@ -18,7 +18,6 @@ import numpy as np
 from edgekit.artifact import Artifact
 from edgekit.calibration import CalibrationData, load_calibration
 from edgekit.errors import DeviceError, UsageError
-from edgekit.inputs import INT_DTYPES
 from edgekit.validate import compare, is_classifier
 
 ProgressFn = Callable[[int, int], None]  # (samples done, total)
@@ -103,8 +102,8 @@ def input_specs(manifest) -> list:
     data (the runtime quantizes), integer inputs (ids, masks) integer data within their range."""
     from edgekit.inputs import InputSpec
 
-    return [InputSpec(t.name, t.source_shape, t.dtype if t.quantization is None and t.dtype in INT_DTYPES else "float32",
-                      t.batched, t.value_range) for t in manifest.inputs]
+    return [InputSpec(t.name, t.source_shape, t.dtype if t.takes_integers else "float32", t.batched, t.value_range)
+            for t in manifest.inputs]
 
 
 def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels_key: str | None = None,

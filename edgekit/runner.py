@@ -47,7 +47,7 @@ def _random_inputs(model):
     rng = np.random.default_rng(0)
     feed = []
     for i in model.inputs:
-        if i.quantization is None and np.dtype(i.dtype).kind in "iub":  # ids, masks: valid values, never the whole range
+        if i.takes_integers:  # ids, masks: valid values, never the whole range
             lo, hi = i.value_range or (0, 2)
             feed.append(rng.integers(lo, hi, size=tuple(i.shape)).astype(i.dtype))
         else:

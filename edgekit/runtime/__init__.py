@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit.errors import ArtifactError, UsageError
 from edgekit.runtime.backends import TensorInfo, open_backend, tflite_interpreter_class  # noqa: F401
-from edgekit.runtime.manifest import MANIFEST, Manifest, TensorSpec, model_file, read_manifest  # noqa: F401
+from edgekit.runtime.manifest import MANIFEST, Manifest, TensorSpec, integer_bounds, model_file, read_manifest  # noqa: F401
 
 _TO_LAST = (0, 2, 3, 1)  # NCHW -> NHWC
 _TO_FIRST = (0, 3, 1, 2)  # NHWC -> NCHW
@@ -66,7 +66,7 @@ class Model:
         feed = []
         for spec, x in zip(self.inputs, arrays):
             x = np.asarray(x)
-            if spec.quantization is None and np.dtype(spec.dtype).kind in "iub":
+            if spec.takes_integers:
                 feed.append(_as_integer(x, spec))  # ids and masks go in as they are: never through float
                 continue
             x = x.astype(np.float32, copy=False)
@@ -116,9 +116,7 @@ def _as_integer(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     elif x.dtype.kind not in "iub":
         raise UsageError(f"input {spec.name!r} takes {spec.dtype}, got {x.dtype}")
     if x.size:
-        lo, hi = (np.iinfo(spec.dtype).min, np.iinfo(spec.dtype).max + 1) if spec.dtype != "bool" else (0, 2)
-        if spec.value_range is not None:
-            lo, hi = max(lo, spec.value_range[0]), min(hi, spec.value_range[1])
+        lo, hi = integer_bounds(spec.dtype, spec.value_range)
         if x.min() < lo or x.max() >= hi:
             raise UsageError(f"input {spec.name!r} holds values from {x.min()} to {x.max()}, outside {lo}..{hi - 1}",
                              "check the tokenizer / ids against the model's vocabulary")

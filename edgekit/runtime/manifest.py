@@ -44,6 +44,14 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@,-]{0,199}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def integer_bounds(dtype: str, value_range: tuple[int, int] | None = None) -> tuple[int, int]:
+    """[lo, hi) of the values an integer input takes: its dtype's range, narrowed by the declared one."""
+    lo, hi = (0, 2) if dtype == "bool" else (INT_RANGES[dtype][0], INT_RANGES[dtype][1] + 1)
+    if value_range is not None:
+        lo, hi = max(lo, value_range[0]), min(hi, value_range[1])
+    return lo, hi
+
+
 def is_safe_name(name: object) -> bool:
     """One path segment of safe characters: not '', '.', '..', no separators, no leading '-' or '.'."""
     return isinstance(name, str) and bool(_SAFE_NAME.match(name)) and name not in (".", "..")
@@ -132,6 +140,11 @@ class TensorSpec:
     quantization: Quantization | None = None
     batched: bool = True  # False: the first axis is not the batch (a recurrent state)
     value_range: tuple[int, int] | None = None  # integer inputs: valid values lo <= v < hi (token ids)
+
+    @property
+    def takes_integers(self) -> bool:
+        """Ids, masks, indices: integer data fed as is (never through float, never quantized)."""
+        return self.quantization is None and (self.dtype in INT_RANGES or self.dtype == "bool")
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name, "runtime_name": self.runtime_name, "shape": list(self.shape), "dtype": self.dtype}
@@ -363,5 +376,5 @@ def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
     return path
 
 
-__all__ = ["Manifest", "TensorSpec", "Quantization", "Validation", "read_manifest", "write_manifest", "model_file",
+__all__ = ["Manifest", "TensorSpec", "Quantization", "Validation", "read_manifest", "write_manifest", "model_file", "integer_bounds",
            "is_safe_name", "safe_name", "check_name", "MANIFEST", "MAX_ELEMENTS"]
