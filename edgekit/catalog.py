@@ -49,6 +49,13 @@ def read_toml(path: Path, error: type[Exception], what: str) -> dict:
     return data
 
 
+# Scalar fields are checked by their annotation (a bool is not a number; an int is a float).
+_SCALAR_CHECKS = {str: lambda v: isinstance(v, str),
+                  int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+                  float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                  bool: lambda v: isinstance(v, bool)}
+
+
 def build(cls, data: dict, where: str, error: type[Exception]):
     """cls(**data) for a dataclass, naming unknown fields instead of a TypeError."""
     import dataclasses
@@ -62,10 +69,7 @@ def build(cls, data: dict, where: str, error: type[Exception]):
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         want = hints.get(key)
-        ok = {str: lambda v: isinstance(v, str),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              bool: lambda v: isinstance(v, bool)}.get(want)
+        ok = _SCALAR_CHECKS.get(want)
         if ok is not None and not ok(value):
             raise error(f"{where}: {key} = {value!r} is not a {want.__name__}", f"write {key} as a {want.__name__}")
     return cls(**data)
