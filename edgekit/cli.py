@@ -185,7 +185,7 @@ class _Progress:
 @click.option("--calib-spec", metavar="NAME", help="Preprocessing spec for image folders (calibration/*.toml name or path).")
 @click.option("--val-data", metavar="SRC", help="Validation data (same forms as --calib). [default: held out from --calib]")
 @click.option("--val-samples", type=click.IntRange(1), default=200, show_default=True, help="Held-out samples for validation.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE", help="e.g. 1,3,224,224; repeat per input.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME=]SHAPE", help="e.g. 1,3,224,224 or x=1,3,480,640; repeat per input.")
 @click.option("--input-dtype", "input_dtypes", multiple=True, metavar="[NAME=]DTYPE",
               help="An input's dtype, e.g. input_ids=int64 (ids and masks stay integer end to end); repeat per input.")
 @click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LO:HI",
@@ -211,14 +211,16 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
             input_ranges, state_inputs, binds, weights, trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
     """Convert MODEL (file.py:factory, pkg.module:attr, TorchScript .pt/.jit/.ts, .pt2; default: the bundled digits CNN)."""
     from edgekit.pipeline import DEFAULT_TARGET, convert_many
-    from edgekit.sources import load_model, parse_shape
+    from edgekit.inputs import parse_shapes
+    from edgekit.sources import load_model
 
     targets = list(targets) or [DEFAULT_TARGET]
     if out and len(targets) > 1:
         raise EdgekitError("--out names one artifact folder but several targets were given", "use --out-dir for several targets")
     from edgekit.inputs import InputOptions
 
-    opts = InputOptions.from_cli([parse_shape(s) for s in input_shapes] or None, input_dtypes, input_ranges, state_inputs, binds)
+    shapes, named = parse_shapes(input_shapes)
+    opts = InputOptions.from_cli(shapes, input_dtypes, input_ranges, state_inputs, binds, named_shapes=named)
     spec = load_model(model, weights=weights, trust_pickle=trust_pickle, inputs=opts)
     progress = _Progress(ERR, header=line((spec.source, "bold"), f" ({spec.num_params:,} parameters, inputs {'; '.join(i.describe() for i in spec.inputs)})"))
     try:
@@ -335,13 +337,19 @@ def _ms(v) -> str:
 @click.option("--runner", type=click.Choice(["python", "benchmark_model"]), help="Override the profile's runner.")
 @click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model binary for the device (Android).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1), help="Seconds the measurement may take per artifact. [default: 5x the profile's step timeout]")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME=]SHAPE",
+              help="A bare .onnx/.tflite file's input shape, fixing its dynamic dims, e.g. x=1,3,480,640; repeat per input.")
+@click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LO:HI",
+              help="A bare file's integer input takes random values LO..HI-1 (e.g. input_ids=0:30522). [default: zeros; ones for masks]")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write every result, raw samples included, here.")
-def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, runner, benchmark_binary, timeout_s, json_path):
+def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, runner, benchmark_binary, timeout_s,
+          input_shapes, input_ranges, json_path):
     """Measure ARTIFACT (folders from `edgekit convert`, or .tflite/.onnx files) on devices."""
     from edgekit.measure import BenchOptions, bench_many
 
     opts = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, cooldown_s=cooldown_s,
-                        timeout_s=timeout_s, benchmark_binary=benchmark_binary, runner=runner)
+                        timeout_s=timeout_s, benchmark_binary=benchmark_binary, runner=runner,
+                        input_shapes=input_shapes, input_ranges=input_ranges)
     status = {"s": None}
 
     def progress(device: str, artifact: str, event: str) -> None:
@@ -370,6 +378,8 @@ def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, ru
             row(t, r.artifact, r.device, "-", "-", "-", "-", "-", "-", text("failed", "red"))
     OUT.print(t)
     for r in results:
+        for n in r.notes:
+            say(ERR, ("note", "cyan"), f" {r.device} {r.target or r.artifact}: {n}")
         for w in r.warnings:
             say(ERR, ("warning", "yellow"), f" {r.device} {r.target or r.artifact}: {w}")
         if r.status != "ok":
@@ -389,8 +399,12 @@ def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, ru
 @click.option("--weights", type=click.Path(), help="State dict for the reference factory.")
 @click.option("--samples", type=click.IntRange(1), help="Use only the first N samples.")
 @click.option("--threads", type=click.IntRange(0), help="Interpreter threads.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME=]SHAPE",
+              help="A bare .onnx/.tflite file's input shape, fixing its dynamic dims, e.g. x=1,3,480,640; repeat per input.")
+@click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LO:HI",
+              help="A bare file's integer input: the data's values must lie in LO..HI-1.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the result here.")
-def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, samples, threads, json_path):
+def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, samples, threads, input_shapes, input_ranges, json_path):
     """Task accuracy of ARTIFACT on labelled data, on this host or on a device."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -401,8 +415,10 @@ def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, 
                   disable=not ERR.is_terminal) as bar:
         task = bar.add_task("eval", total=None)
         res = evaluate(artifact, data, labels_key=labels_key, data_spec=data_spec, device=device, reference=reference,
-                       reference_weights=weights, threads=threads, samples=samples,
+                       reference_weights=weights, threads=threads, samples=samples, input_shapes=input_shapes, input_ranges=input_ranges,
                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for n in res.notes:
+        say(ERR, ("note", "cyan"), f" {res.target}: {n}")
     t = table(f"edgekit eval: {res.target} on {res.device} ({res.samples} samples of {res.data})", ["metric", ("value", {"justify": "right"})])
     labels = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "reference_accuracy": "reference top-1 accuracy",
               "top1_agreement": "top-1 agreement with reference", "mean_kl": "mean KL(ref || artifact)",

@@ -333,7 +333,7 @@ def next_move(layer: LayerError, by_name: dict[str, LayerError], fmt: str):
 
 def _float_twin(art, spec, work: Path):
     from edgekit._util import Stages
-    from edgekit.pipeline import export_float
+    from edgekit.build import export_float
     from edgekit.targets import load_target
 
     tgt = load_target(art.path)
@@ -347,12 +347,11 @@ def layer_errors(fmt: str, float_path: Path, quant_path: Path, samples: list[dic
         stats, dtypes = _onnx_stats(float_path, quant_path, samples, work)
         ops, ins, produced = _onnx_graph(float_path)
     else:
+        from edgekit.build import by_runtime_name
         from edgekit.runtime import open_backend
 
-        from edgekit.pipeline import as_model_dtypes
-
         float_inputs = open_backend(float_path).inputs
-        feed = [{t.name: a for t, a in zip(float_inputs, as_model_dtypes(s, float_inputs).values())} for s in samples]
+        feed = [by_runtime_name(s, float_inputs) for s in samples]
         stats, dtypes = _tflite_stats(float_path.read_bytes(), quant_path.read_bytes(), feed)
         ops, ins, produced = _tflite_graph(float_path.read_bytes())
     return _layers(ops, ins, produced, stats, dtypes, per_channel)
@@ -363,7 +362,7 @@ def diagnose(artifact: str | Path, *, model=None, weights=None, data=None, sampl
     """Rank the artifact's layers by the SQNR they lose against the float model on real inputs."""
     from edgekit.artifact import Artifact
     from edgekit.calibration import load_calibration
-    from edgekit.pipeline import calib_samples
+    from edgekit.build import calib_samples
     from edgekit.sources import load_model
 
     art = Artifact.load(artifact)
@@ -373,8 +372,7 @@ def diagnose(artifact: str | Path, *, model=None, weights=None, data=None, sampl
         raise UsageError(f"{art.target} is not a static int8 artifact made by ai-edge-quantizer or ONNX Runtime: nothing to diagnose",
                          "diagnose tflite-int8, tflite-int16x8, onnx-int8 or artifacts made from them")
     src, weights = _float_source(art, model, weights)
-    shapes = [i.source_shape for i in art.manifest.inputs]
-    spec = load_model(src, shapes, weights, trust_pickle)
+    spec = load_model(src, weights=weights, trust_pickle=trust_pickle, inputs=_recorded_inputs(art, src))
     source = data if data is not None else _recorded_dataset(art) or spec.default_calibration
     if source is None:
         raise UsageError("no inputs to diagnose on", "pass --data (the calibration data is a good choice)")
@@ -391,6 +389,21 @@ def diagnose(artifact: str | Path, *, model=None, weights=None, data=None, sampl
         shutil.rmtree(work, ignore_errors=True)
     out = min((la.sqnr_out_db for la in layers), default=SQNR_CAP_DB)
     return Diagnosis(str(artifact), art.target, art.manifest.format, len(ds), out, layers)
+
+
+def _recorded_inputs(art, src):
+    """The input options the artifact was converted with, from its manifest (values only: shapes, state
+    inputs, integer ranges and, for ONNX files, the bound inputs), so the float twin is the same graph."""
+    from edgekit.inputs import InputOptions
+
+    ins = art.manifest.inputs
+    is_onnx = isinstance(src, (str, Path)) and str(src).lower().endswith(".onnx")
+    bound = (art.manifest.recipe.get("export") or {}).get("bound") if is_onnx else None
+    return InputOptions(shapes=None if is_onnx else [tuple(i.source_shape) for i in ins],
+                        named_shapes={i.name: tuple(i.source_shape) for i in ins} if is_onnx else {},
+                        ranges={i.name: tuple(i.value_range) for i in ins if i.value_range},
+                        state=tuple(i.name for i in ins if not i.batched),
+                        bind=dict(bound) if isinstance(bound, dict) else {})
 
 
 def _float_source(art, model, weights) -> tuple:

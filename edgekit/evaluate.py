@@ -3,6 +3,10 @@
 On a device the outputs are produced there (edgekit's runtime, pushed with the artifact and the
 inputs) and compared here, so on-device numeric differences show. Against a reference PyTorch
 model: top-1 agreement, mean KL divergence of the softmax, SQNR and cosine.
+
+A bare .onnx/.tflite file (no artifact folder) is fed as the file takes its inputs: dynamic dims
+fixed by `input_shapes` (`[NAME=]DIMS`; a dynamic batch dim alone is 1), the data's samples must
+match the fixed shapes and (for integer inputs) dtypes and `input_ranges`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgekit.artifact import Artifact
 from edgekit.calibration import CalibrationData, load_calibration
 from edgekit.errors import DeviceError, UsageError
 from edgekit.validate import compare, is_classifier
@@ -33,6 +36,7 @@ class EvalResult:
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
     device_info: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # bare files: the shapes assumed (batch 1)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -56,11 +60,9 @@ def task_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
             "top5": float(np.mean((top5 == labels[:, None]).any(1))) if logits.shape[1] > 5 else None}
 
 
-def _host_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], threads: int | None,
-                  batch: int, progress: ProgressFn | None) -> list[np.ndarray]:
-    from edgekit.runtime import Model
-
-    model = Model(art.path, num_threads=threads)
+def _host_outputs(model, data: CalibrationData, names: Sequence[str], batch: int,
+                  progress: ProgressFn | None) -> list[np.ndarray]:
+    """`model`: a runtime.Model or a runner.BareModel (both split samples into their own batch)."""
     n, chunks = len(data), []
     for i in range(0, n, batch):
         chunks.append(model.run_batch(*(data.arrays[k][i:i + batch] for k in names)))
@@ -69,8 +71,8 @@ def _host_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], th
     return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
 
 
-def _device_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], device, threads: int | None,
-                    progress: ProgressFn | None) -> tuple[list[np.ndarray], dict]:
+def _device_outputs(model_path: Path, manifest, data: CalibrationData, names: Sequence[str], device, threads: int | None,
+                    progress: ProgressFn | None, bare_args: Sequence[str] = ()) -> tuple[list[np.ndarray], dict]:
     from edgekit.devices.profiles import open_device, resolve
     from edgekit.measure import PythonRunner, push_artifact, push_runner, runner_report
 
@@ -80,9 +82,9 @@ def _device_outputs(art: Artifact, data: CalibrationData, names: Sequence[str], 
         np.savez(tmp / "inputs.npz", **{k: data.arrays[k] for k in names})
         with dev.session() as remote:
             pyz = push_runner(dev, remote)
-            target = push_artifact(dev, remote, art.model_path, art.manifest)
+            target = push_artifact(dev, remote, model_path, manifest)
             dev.push(tmp / "inputs.npz", f"{remote}/inputs.npz")
-            argv = [PythonRunner().python(dev, profile), pyz, "--artifact", target,
+            argv = [PythonRunner().python(dev, profile), pyz, "--artifact", target, *bare_args,
                     "--threads", str(threads or profile.threads or 0), "--eval", f"{remote}/inputs.npz", f"{remote}/outputs.npz"]
             r = dev.run_in_group(argv, remote, max(profile.timeout_s * 5, 600))  # stopped as a whole on timeout or Ctrl-C
             report = runner_report(r.stdout) or {"ok": False, "error": (r.stderr or r.stdout)[-300:]}
@@ -106,26 +108,50 @@ def input_specs(manifest) -> list:
             for t in manifest.inputs]
 
 
+def bare_input_specs(model) -> list:
+    """What data a bare file (a runner.BareModel) takes: its inputs at their fixed shapes, float data for float
+    inputs, integer data of the file's dtype (within --input-range) for ids, masks and quantized inputs."""
+    from edgekit.inputs import InputSpec
+
+    return [InputSpec(t.name, tuple(t.shape), t.dtype if t.is_integer or t.quantized else "float32", True, t.value_range)
+            for t in model.inputs]
+
+
 def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels_key: str | None = None,
              data_spec: str | None = None, device=None, reference=None, reference_weights: str | Path | None = None,
              threads: int | None = None, samples: int | None = None, batch: int = 256,
-             progress: ProgressFn | None = None) -> EvalResult:
-    art = Artifact.load(artifact)
-    names = [i.name for i in art.manifest.inputs]
-    shapes = [i.source_shape for i in art.manifest.inputs]
-    ds = load_calibration(data, names, shapes, split="test", spec_name=data_spec, labels_key=labels_key,
-                          inputs=input_specs(art.manifest))
+             progress: ProgressFn | None = None, input_shapes: Sequence[str] = (), input_ranges: Sequence[str] = ()) -> EvalResult:
+    """input_shapes / input_ranges: for a bare .onnx/.tflite file, `[NAME=]DIMS` and `NAME=LO:HI` as on the command line."""
+    from edgekit.measure import _artifact_files, bare_input_args, check_bare_inputs
+
+    model_path, manifest = _artifact_files(Path(artifact))
+    notes: list[str] = []
+    if manifest is not None:
+        check_bare_inputs([artifact], input_shapes, input_ranges)  # refuses them for an artifact folder
+        specs, target = input_specs(manifest), manifest.target_name
+    else:
+        from edgekit.runner import BareModel
+
+        host_model = BareModel(model_path, threads, input_shapes, input_ranges)  # one-line errors for shapes left open
+        specs, target, notes = bare_input_specs(host_model), model_path.suffix.lstrip("."), host_model.shape_notes
+    names, shapes = [i.name for i in specs], [i.shape for i in specs]
+    ds = load_calibration(data, names, shapes, split="test", spec_name=data_spec, labels_key=labels_key, inputs=specs)
     if samples:
         ds = ds.take(slice(0, samples))
     t0 = time.perf_counter()
     info: dict = {}
     if device is None or device == "host":
-        outs = _host_outputs(art, ds, names, threads, batch, progress)
+        if manifest is not None:
+            from edgekit.runtime import Model
+
+            host_model = Model(Path(artifact), num_threads=threads)
+        outs = _host_outputs(host_model, ds, names, batch, progress)
         where = "host"
     else:
-        outs, info = _device_outputs(art, ds, names, device, threads, progress)
+        outs, info = _device_outputs(model_path, manifest, ds, names, device, threads, progress,
+                                     bare_input_args(input_shapes, input_ranges) if manifest is None else ())
         where = info["device"]
-    res = EvalResult(str(artifact), art.target, where, ds.source, len(ds), seconds=time.perf_counter() - t0, device_info=info)
+    res = EvalResult(str(artifact), target, where, ds.source, len(ds), seconds=time.perf_counter() - t0, device_info=info, notes=notes)
     logits = outs[0]
     if ds.labels is not None and is_classifier(logits):
         res.metrics.update(task_metrics(logits, ds.labels))

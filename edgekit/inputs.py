@@ -45,11 +45,27 @@ class InputSpec:
         return f"{self.name} {self.dtype}{list(self.shape)}{extra}{rng}"
 
 
+class HasInputs:
+    """What every loaded model (a PyTorch ModelSpec, an ONNX file's OnnxSpec) says about its inputs."""
+
+    inputs: list[InputSpec]
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(s.shape) for s in self.inputs]
+
+    @property
+    def batch(self) -> int:
+        """The batch the model was exported with (1 when no input has a batch axis)."""
+        return next((int(s.shape[0]) for s in self.inputs if s.batched and s.shape), 1)
+
+
 @dataclass
 class InputOptions:
     """What the user declares about the inputs on top of what the model says (all optional)."""
 
-    shapes: list[tuple[int, ...]] | None = None  # --input-shape, in input order
+    shapes: list[tuple[int, ...]] | None = None  # --input-shape DIMS, in input order
+    named_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape NAME=DIMS
     dtypes: dict[str, str] = field(default_factory=dict)  # name (or "#i" for the i-th input) -> dtype
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # --input-range NAME=LO:HI
     state: tuple[str, ...] = ()  # --state-input NAME: no batch axis
@@ -57,7 +73,7 @@ class InputOptions:
 
     @classmethod
     def from_cli(cls, shapes: Sequence[tuple[int, ...]] | None = None, dtypes: Sequence[str] = (), ranges: Sequence[str] = (),
-                 state: Sequence[str] = (), bind: Sequence[str] = ()) -> "InputOptions":
+                 state: Sequence[str] = (), bind: Sequence[str] = (), named_shapes: dict | None = None) -> "InputOptions":
         d: dict[str, str] = {}
         for k, text in enumerate(dtypes):
             name, _, dt = text.rpartition("=")
@@ -83,7 +99,40 @@ class InputOptions:
             if not sep or not name.strip().isidentifier():
                 raise UsageError(f"bad --bind {text!r}", "write NAME=VALUE, e.g. --bind sr=16000")
             b[name.strip()] = parse_value(value)
-        return cls([tuple(s) for s in shapes] if shapes else None, d, r, tuple(state), b)
+        return cls([tuple(s) for s in shapes] if shapes else None, dict(named_shapes or {}), d, r, tuple(state), b)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """`1,3,224,224` (or `1x3x224x224`) -> (1, 3, 224, 224); every dimension a positive integer."""
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise UsageError(f"bad --input-shape {text!r}", "write it as comma-separated integers, e.g. 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise UsageError(f"bad --input-shape {text!r}", "every dimension must be a positive integer, e.g. 1,3,224,224")
+    return dims
+
+
+def parse_shapes(texts: Sequence[str]) -> tuple[list[tuple[int, ...]] | None, dict[str, tuple[int, ...]]]:
+    """Repeated `--input-shape [NAME=]DIMS`: (shapes in input order, or None; shapes by input name).
+
+    An ONNX or TFLite file names its inputs, so `x=1,3,480,640` says which one; a PyTorch factory's
+    inputs may have no names, so plain DIMS in input order stay accepted. Mixing both is refused."""
+    positional: list[tuple[int, ...]] = []
+    named: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        name, sep, dims = text.rpartition("=")
+        if sep and not name.strip():
+            raise UsageError(f"bad --input-shape {text!r}", "write [NAME=]DIMS, e.g. x=1,3,480,640 or 1,3,480,640")
+        if sep:
+            if name.strip() in named:
+                raise UsageError(f"--input-shape names {name.strip()!r} twice", "give each input's shape once")
+            named[name.strip()] = parse_shape(dims)
+        else:
+            positional.append(parse_shape(dims))
+    if positional and named:
+        raise UsageError("--input-shape mixes named (NAME=DIMS) and unnamed shapes", "name every input's shape, or none")
+    return positional or None, named
 
 
 def parse_value(text: str) -> Any:
@@ -139,4 +188,4 @@ def apply_options(specs: list[InputSpec], opts: InputOptions) -> list[InputSpec]
     return out
 
 
-__all__ = ["InputSpec", "InputOptions", "apply_declared", "apply_options", "parse_value", "FLOAT_DTYPES", "INT_DTYPES"]
+__all__ = ["InputSpec", "InputOptions", "HasInputs", "parse_shape", "parse_shapes", "apply_declared", "apply_options", "parse_value", "FLOAT_DTYPES", "INT_DTYPES"]

@@ -6,6 +6,11 @@ raw sample comes back, with p50/p90/p99, mean, std, min, max, coefficient of var
 memory, and CPU temperature/frequency before and after. The folder is removed afterwards, even
 when the run fails. Two runners: edgekit's Python runtime (any device with python3 + numpy + an
 interpreter) and TFLite's benchmark_model binary (Android; the user brings it).
+
+A bare .onnx/.tflite file has no manifest to say its input shapes and valid ids: `input_shapes` /
+`input_ranges` (the CLI's --input-shape / --input-range) go to the runner as its own arguments, and
+the host plans the same inputs first (edgekit.runner.BareModel), so a dynamic dim left open or a
+misnamed input is one UsageError before any device is touched.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from edgekit.devices.base import Device
 from edgekit.devices.profiles import DeviceProfile, open_device, resolve
-from edgekit.errors import DeviceError, EdgekitError, UsageError
+from edgekit.errors import ArtifactError, DeviceError, EdgekitError, RuntimeMissing, UsageError
 
 if TYPE_CHECKING:
     from edgekit.runtime.manifest import Manifest
@@ -52,6 +57,8 @@ class BenchOptions:
     timeout_s: float | None = None  # the whole measurement step; None: the profile's timeout x 5
     benchmark_binary: str | None = None
     runner: str | None = None  # override the profile's runner
+    input_shapes: Sequence[str] = ()  # bare files: --input-shape [NAME=]DIMS
+    input_ranges: Sequence[str] = ()  # bare files: --input-range NAME=LO:HI
 
 
 @dataclass
@@ -73,6 +80,8 @@ class BenchResult:
     thermal_after: dict = field(default_factory=dict)
     device_info: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    inputs: list[dict] = field(default_factory=list)  # bare files: each input's declared dims, shape fed and fill
+    notes: list[str] = field(default_factory=list)  # bare files: what was assumed (batch 1, zero ids)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -110,6 +119,28 @@ def _artifact_files(path: Path) -> tuple[Path, "Manifest | None"]:
     if path.suffix not in (".tflite", ".onnx"):
         raise UsageError(f"{path} is not a .tflite or .onnx model", "give an artifact folder or a model file")
     return path, None
+
+
+def bare_input_args(shapes: Sequence[str], ranges: Sequence[str]) -> list[str]:
+    """--input-shape / --input-range for the runner's command line, one argument each (`--opt=value`, so a
+    value never reads as an option; remote transports quote every argument with shlex)."""
+    return [f"--input-shape={t}" for t in shapes] + [f"--input-range={t}" for t in ranges]
+
+
+def check_bare_inputs(artifacts: Sequence[str | Path], shapes: Sequence[str] = (), ranges: Sequence[str] = ()) -> None:
+    """Plan each bare file's inputs on this host (same code as the runner): a dynamic dim left open, a shape or
+    range naming no input, is one UsageError now. A file this host cannot open is left to the device's runner."""
+    from edgekit.runner import BareModel
+
+    bare = [Path(a) for a in artifacts if _artifact_files(Path(a))[1] is None]
+    if (shapes or ranges) and not bare:
+        raise UsageError("--input-shape / --input-range are for bare .onnx/.tflite files",
+                         "an artifact folder's manifest fixes its inputs already")
+    for model in bare:
+        try:
+            BareModel(model, 1, shapes, ranges)
+        except (ArtifactError, RuntimeMissing):
+            pass
 
 
 def push_runner(device: Device, remote: str) -> str:
@@ -156,6 +187,8 @@ class PythonRunner:
             argv = [self.python(device, profile), pyz, "--artifact", target,
                     "--warmup", str(opts.warmup), "--runs", str(opts.runs), "--min-seconds", str(opts.min_seconds),
                     "--threads", str(threads or 0)]
+            if manifest is None:
+                argv += bare_input_args(opts.input_shapes, opts.input_ranges)
             if profile.cpu_mask:
                 argv = ["taskset", profile.cpu_mask, *argv]
             r = device.run_in_group(argv, remote, timeout_s)  # stopped as a whole on timeout or Ctrl-C
@@ -164,6 +197,8 @@ class PythonRunner:
             raise DeviceError(f"the runner on {device.name} failed (exit {r.exit_code}): {_tail(r.stderr or r.stdout)}",
                               f"run `edgekit doctor --device {profile.name}`")
         if not data.get("ok"):
+            if data.get("kind") == "usage":
+                raise UsageError(str(data.get("error")))
             if data.get("kind") == "missing-runtime":
                 raise DeviceError(f"{device.name} lacks a runtime: {data.get('error')}", f"run `edgekit doctor --device {profile.name}` for the pip line that fixes it")
             raise DeviceError(f"the model did not run on {device.name}: {data.get('error')}")
@@ -172,6 +207,7 @@ class PythonRunner:
         res.init_ms, res.first_ms, res.peak_mem_mb = data["init_ms"], data["first_ms"], data["peak_rss_mb"]
         res.thermal_before, res.thermal_after = data.get("thermal_before", {}), data.get("thermal_after", {})
         res.device_info.update({"runtime": data.get("runtime"), "machine": data.get("machine"), "python": data.get("python")})
+        res.inputs, res.notes = data.get("inputs") or [], data.get("notes") or []
         return res
 
 
@@ -192,6 +228,9 @@ class BenchmarkModelRunner:
             raise UsageError(f"benchmark_model binary not found: {binary}", "check --benchmark-binary / $EDGEKIT_BENCHMARK_MODEL")
         if model.suffix != ".tflite":
             raise UsageError(f"benchmark_model runs .tflite models, not {model.name}", "use a python-runner device for ONNX")
+        if manifest is None and (opts.input_shapes or opts.input_ranges):
+            raise UsageError("--input-shape / --input-range go to edgekit's python runner, not to benchmark_model",
+                             "use --runner python, or the binary's own --input_layer_shape")
         res = BenchResult(str(model.parent if manifest else model), device.name, runner=self.name)
         with device.session() as remote:
             exe, graph = f"{remote}/benchmark_model", f"{remote}/model.tflite"
@@ -288,12 +327,16 @@ def _bench_one(device: Device, profile: DeviceProfile, artifact: Path, opts: Ben
 
 def bench(artifact: str | Path, device: str | DeviceProfile = "local", *, runs: int = 100, warmup: int = 10,
           min_seconds: float = 0.0, threads: int | None = None, benchmark_binary: str | None = None,
-          runner: str | None = None, timeout_s: float | None = None) -> BenchResult:
-    """Benchmark one artifact (folder or model file) on one device; raises EdgekitError on failure."""
+          runner: str | None = None, timeout_s: float | None = None,
+          input_shapes: Sequence[str] = (), input_ranges: Sequence[str] = ()) -> BenchResult:
+    """Benchmark one artifact (folder or model file) on one device; raises EdgekitError on failure.
+    input_shapes / input_ranges: for a bare file, `[NAME=]DIMS` and `NAME=LO:HI` as on the command line."""
     opts = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads,
-                        benchmark_binary=benchmark_binary, runner=runner, timeout_s=timeout_s)
+                        benchmark_binary=benchmark_binary, runner=runner, timeout_s=timeout_s,
+                        input_shapes=tuple(input_shapes), input_ranges=tuple(input_ranges))
     profile = resolve(device)
     _artifact_files(Path(artifact))
+    _check_before_devices([artifact], [profile], opts)
     with open_device(profile) as dev:
         res = _bench_one(dev, profile, Path(artifact), opts)
         res.device_info = {**_safe_info(dev), **res.device_info}
@@ -307,6 +350,12 @@ def _safe_info(dev: Device) -> dict:
         return {}
 
 
+def _check_before_devices(artifacts: Sequence[str | Path], profiles: Sequence[DeviceProfile], opts: BenchOptions) -> None:
+    """Bare files' inputs, where edgekit's python runner will feed them, fail before any device is touched."""
+    if any((opts.runner or p.runner) == "python" for p in profiles):
+        check_bare_inputs(artifacts, opts.input_shapes, opts.input_ranges)
+
+
 ProgressFn = Callable[[str, str, str], None]  # (device, artifact, "start" | "done" | "error")
 
 
@@ -317,6 +366,7 @@ def bench_many(artifacts: Sequence[str | Path], devices: Sequence[str | DevicePr
     for a in artifacts:
         _artifact_files(Path(a))  # bad paths fail before any device is touched
     profiles = [resolve(d) for d in devices]
+    _check_before_devices(artifacts, profiles, opts)
     results: list[BenchResult] = []
     for profile in profiles:
         try:

@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from edgekit import __version__
 from edgekit._util import ProgressFn, Stages, check_terminated, tool_versions, work_dir
 from edgekit.artifact import Artifact, Staging, sha256
+from edgekit.build import as_model_dtypes, build, calib_samples, check_route, export_float, match_names, quantize_float  # noqa: F401 (as_model_dtypes: old import path)
 from edgekit.calibration import CalibrationData, load_calibration, split_holdout
 from edgekit.errors import CalibrationError, ConversionError, EdgekitError, UsageError
 from edgekit.runtime import open_backend
 from edgekit.runtime.manifest import Manifest, Quantization, TensorSpec, Validation, safe_name, write_manifest
 from edgekit.inputs import InputOptions
-from edgekit.sources import ModelSpec, load_model
+from edgekit.sources import ModelSpec, is_loaded, is_torchscript_module, load_model
 from edgekit.targets import Target, load_target
 from edgekit.validate import compare, verdict
 
@@ -55,22 +55,25 @@ class ConvertResult:
 
 
 def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from edgekit.export.onnx import output_names
-
+    """The manifest's inputs and outputs, in the source model's order, each paired with the interpreter's
+    tensor of the same name (or position)."""
     ref = spec.reference_outputs()
     src_in, src_out = spec.io_layouts()
     if len(backend.inputs) != len(spec.input_names) or len(backend.outputs) != len(ref):
         raise ConversionError(f"the artifact has {len(backend.inputs)} inputs / {len(backend.outputs)} outputs, the model "
                               f"{len(spec.input_names)} / {len(ref)}", "the converter dropped or merged tensors; run with --debug")
+    names = spec.output_names
+    b_in = [backend.inputs[k] for k in match_names(spec.input_names, backend.inputs)]
+    b_out = [backend.outputs[k] for k in match_names(names, backend.outputs)]
     def tensor(name, t, layout, source_layout, source_shape, batched=True, value_range=None) -> TensorSpec:
         q = Quantization(t.scale, t.zero_point) if t.scale is not None else None
         return TensorSpec(name, tuple(t.shape), t.dtype, t.name, layout, source_layout, tuple(int(d) for d in source_shape), q,
                           batched, value_range)
 
     inputs = [tensor(s.name, t, in_layouts[i], src_in[i], s.shape, s.batched, s.value_range)
-              for i, (s, t) in enumerate(zip(spec.inputs, backend.inputs))]
+              for i, (s, t) in enumerate(zip(spec.inputs, b_in))]
     outputs = [tensor(name, t, out_layouts[i], src_out[i], ref[i].shape, ref[i].ndim > 0 and ref[i].shape[0] == spec.batch)
-               for i, (name, t) in enumerate(zip(output_names(spec), backend.outputs))]
+               for i, (name, t) in enumerate(zip(names, b_out))]
     return inputs, outputs
 
 
@@ -193,7 +196,7 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
         if budget is not None:
             recipe, in_layouts, out_layouts, tgt, budget_report = _build_within(spec, tgt, calib, channels_last, model_file, work, stages, budget)
         else:
-            recipe, in_layouts, out_layouts = _build(spec, tgt, calib, channels_last, model_file, work, stages)
+            recipe, in_layouts, out_layouts = build(spec, tgt, calib, channels_last, model_file, work, stages)
         backend = open_backend(model_file)
         inputs, outputs = _io_entries(spec, backend, in_layouts, out_layouts)
         manifest = Manifest(
@@ -237,74 +240,6 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
     return Artifact(dest, manifest)
 
 
-@dataclass
-class FloatModel:
-    """The float model in the target's format, as the quantizer sees it (tensor names included)."""
-
-    path: Path
-    recipe: dict
-    in_layouts: list
-    out_layouts: list
-
-
-def export_float(spec: ModelSpec, tgt: Target, channels_last: bool, work: Path, stages: Stages) -> FloatModel:
-    """Export (and for ONNX simplify, and pre-process when it will be quantized) the float model."""
-    if tgt.format == "onnx":
-        from edgekit.export import onnx as onnx_export
-        from edgekit.quantize import onnx as onnx_quant
-
-        raw, simple = work / "exported.onnx", work / "float.onnx"
-        with stages.stage("export"):
-            recipe = {"export": onnx_export.export(spec, raw)}
-        with stages.stage("simplify"):
-            recipe["simplify"] = onnx_export.simplify(raw, simple)
-        if tgt.quant.mode not in ("none", "fp16"):
-            pre = work / "preprocessed.onnx"
-            onnx_quant.preprocess(simple, pre)
-            simple = pre
-        return FloatModel(simple, recipe, *spec.io_layouts())
-    from edgekit.export import tflite as tfl_export
-
-    module, args, in_layouts, out_layouts = tfl_export.prepare(spec, channels_last)
-    with stages.stage("export"):
-        recipe = {"export": tfl_export.convert(module, args, work / "float.tflite")}
-    return FloatModel(work / "float.tflite", recipe, in_layouts, out_layouts)
-
-
-def quantize_float(fm: FloatModel, spec: ModelSpec, tgt: Target, calib: CalibrationData | None, model_file: Path,
-                   work: Path, stages: Stages) -> dict:
-    """Quantize an exported float model to the target's precision; returns the recipe's quantize entry."""
-    q = tgt.quant
-    samples = calib_samples(spec, fm, calib) if q.needs_calibration else None
-    if tgt.format == "onnx":
-        from edgekit.quantize import onnx as onnx_quant
-
-        with stages.stage("quantize"):
-            return onnx_quant.quantize(fm.path, model_file, q, samples, work)
-    from edgekit.quantize import tflite as tfl_quant
-
-    float_inputs = open_backend(fm.path).inputs
-    runtime_names = [t.name for t in float_inputs]
-    if samples:
-        samples = [as_model_dtypes(s, float_inputs) for s in samples]
-    with stages.stage("calibrate+quantize" if q.needs_calibration else "quantize"):
-        info = tfl_quant.quantize_aeq(fm.path, model_file, q, samples, runtime_names)
-    tfl_quant.write_recipe(info["recipe"], model_file.with_name("recipe.json"))
-    return info
-
-
-def as_model_dtypes(sample: dict, model_inputs) -> dict:
-    """Integer arrays in the dtypes the converted model takes (LiteRT takes int64 ids as int32), in input order."""
-    return {n: (a.astype(t.dtype) if a.dtype.kind in "iub" and a.dtype != np.dtype(t.dtype) else a)
-            for (n, a), t in zip(sample.items(), model_inputs)}
-
-
-def calib_samples(spec: ModelSpec, fm: FloatModel, calib: CalibrationData) -> list[dict]:
-    """Calibration batches keyed by the model's input names, in the float model's layout."""
-    return [{n: (s[n].transpose(0, 2, 3, 1).copy() if lay == "NHWC" else s[n]) for n, lay in zip(spec.input_names, fm.in_layouts)}
-            for s in calib.samples(spec.batch)]
-
-
 def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels_last: bool, model_file: Path,
                   work: Path, stages: Stages, budget) -> tuple:
     """_build under an accuracy budget (see edgekit.budget); also returns the target with its layer moves and the report."""
@@ -330,33 +265,6 @@ def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels
     return ({**fm.recipe, "quantize": infos[report.chosen]}, fm.in_layouts, fm.out_layouts, final, report)
 
 
-def _build(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, channels_last: bool,
-           model_file: Path, work: Path, stages: Stages) -> tuple[dict, list, list]:
-    """Run the format's stages; returns (recipe, input layouts, output layouts)."""
-    if spec.prequantized:  # a QAT graph (edgekit qat): lower its learned q/dq parameters, never re-quantize it
-        from edgekit.quantize import prequantized
-
-        return prequantized.build(spec, tgt, channels_last, model_file, stages)
-    q = tgt.quant
-    if q.backend == "pt2e":
-        from edgekit.export import tflite as tfl_export
-        from edgekit.quantize import tflite as tfl_quant
-
-        module, args, in_layouts, out_layouts = tfl_export.prepare(spec, channels_last)
-        fm = FloatModel(model_file, {}, in_layouts, out_layouts)
-        batches = (tuple(torch.from_numpy(s[n]) for n in spec.input_names) for s in calib_samples(spec, fm, calib))
-        with stages.stage("calibrate+export"):
-            recipe = {"quantize": tfl_quant.pt2e_convert(module, args, batches, q, model_file)}
-        return recipe, in_layouts, out_layouts
-    fm = export_float(spec, tgt, channels_last, work, stages)
-    recipe = dict(fm.recipe)
-    if q.mode == "none":
-        shutil.copyfile(fm.path, model_file)
-    else:
-        recipe["quantize"] = quantize_float(fm, spec, tgt, calib, model_file, work, stages)
-    return recipe, fm.in_layouts, fm.out_layouts
-
-
 def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[str | Target], *,
                  calibration=None, out_dir: str | Path | None = None, out_root: str | Path = "out",
                  calib_samples: int = 200, val_samples: int = 200, calib_method: str | None = None,
@@ -373,10 +281,16 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     `progress(target, stage, event, seconds)` is called around every stage; `lint_report({target:
     [finding, ...]})` once, before any conversion, with the pre-conversion lint's findings.
     """
-    spec = model if isinstance(model, ModelSpec) else load_model(model, input_shapes, weights, trust_pickle, inputs)
+    spec = model if is_loaded(model) else load_model(model, input_shapes, weights, trust_pickle, inputs)
+    if is_torchscript_module(spec):  # torch.export cannot trace TorchScript: it converts through its ONNX export
+        from edgekit.onnx_source import from_torchscript
+
+        spec = from_torchscript(spec)
     if out_dir and len(targets) > 1:
         raise EdgekitError("out_dir names one artifact folder but several targets were given", "use out_root (--out-dir) for several targets")
     tgts = [_with_calib_method(load_target(t), calib_method) for t in targets]
+    for t in tgts:
+        check_route(spec, t)
     dests = [Path(out_dir) if out_dir else default_dest(spec, t, out_root) for t in tgts]
     for d in dests:
         Staging.check(d)

@@ -6,7 +6,13 @@ holding this module and edgekit.runtime (see `build_zipapp`). Prints one JSON ob
 stdout: init (load) time, first inference, every timed sample, peak RSS, CPU temperature and
 frequency before and after. Timed samples cover the interpreter call only (the inputs are
 prepared once), like TFLite's benchmark_model. Exit codes: 0 ok, 3 a runtime is missing,
-4 the artifact cannot be loaded, 2 bad arguments.
+4 the artifact cannot be loaded, 2 bad arguments (or inputs a bare model file leaves open).
+
+A bare .onnx/.tflite file (no manifest) says only its inputs' names, dtypes and dims, some of them
+dynamic: `--input-shape [NAME=]DIMS` fixes those (a dynamic batch dim alone defaults to 1), and
+integer inputs are filled from `--input-range NAME=LO:HI`, else with zeros (ones for masks), never
+from their dtype's whole range. The host plans the same inputs with `BareModel` before it pushes
+anything, so a file that cannot run as asked is refused there, in one line.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import platform
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -55,22 +62,201 @@ def _random_inputs(model):
     return feed
 
 
-def _bare_feed(backend):
+@dataclass
+class BareInput:
+    """One input of a bare model file: as the file declares it, then as it is fed."""
+
+    name: str
+    declared: tuple  # per axis: an int (fixed), a str (a named dynamic dim) or None (an unnamed one)
+    dtype: str  # numpy name
+    quantized: bool = False  # an int8/uint8 input with a scale: quantized float data, not ids
+    shape: tuple = ()  # the concrete shape it is fed
+    value_range: tuple | None = None  # integer inputs: lo <= v < hi, from --input-range
+    fill: str = "random"  # random | range | zeros | ones
+
+    @property
+    def is_integer(self) -> bool:
+        """Ids, masks, indices (a quantized input is float data in disguise)."""
+        return not self.quantized and (self.dtype == "bool" or self.dtype.startswith(("int", "uint")))
+
+    @property
+    def dynamic(self) -> list[int]:
+        return [k for k, d in enumerate(self.declared) if not isinstance(d, int)]
+
+    def label(self, axis: int) -> str:
+        d = self.declared[axis]
+        return str(d) if isinstance(d, (int, str)) else f"d{axis}"
+
+    def dims_text(self) -> str:
+        return "[" + ",".join(self.label(k) for k in range(len(self.declared))) + "]"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "declared": self.dims_text(), "shape": list(self.shape), "dtype": self.dtype,
+                "fill": self.fill, "value_range": list(self.value_range) if self.value_range else None}
+
+
+_ORT_DTYPES = {"float": "float32", "double": "float64"}
+
+
+def _declared_dim(d) -> int | str | None:
+    """A fixed dim as an int, a named dynamic one by its name, an unnamed one (0, -1, None, '') as None."""
+    if isinstance(d, int):
+        return d if d > 0 else None
+    return d if isinstance(d, str) and d else None
+
+
+def declared_inputs(backend) -> list[BareInput]:
+    """The inputs of an opened bare file with the dims the file declares (the backends' own TensorInfo
+    puts 1 where a dim is dynamic): ONNX Runtime's symbolic dims, LiteRT's shape_signature (-1)."""
+    if backend.format == "onnx":
+        out = []
+        for v in backend._sess.get_inputs():
+            kind = v.type[len("tensor("):-1] if v.type.startswith("tensor(") else v.type
+            out.append(BareInput(v.name, tuple(_declared_dim(d) for d in (v.shape or ())), _ORT_DTYPES.get(kind, kind)))
+        return out
+    if backend._runner is not None:  # several subgraphs: the signature runner resizes to what it is given
+        by_name = backend._runner.get_input_details()
+        details = [by_name[t.name] for t in backend.inputs]
+    else:
+        by_index = {d["index"]: d for d in backend._it.get_input_details()}
+        details = [by_index[i] for i in backend._in_idx]
+    return [BareInput(t.name, tuple(_declared_dim(int(d)) for d in info.get("shape_signature", t.shape)), t.dtype,
+                      quantized=t.scale is not None) for t, info in zip(backend.inputs, details)]
+
+
+def plan_inputs(inputs: list[BareInput], where: str, shape_texts=(), range_texts=()) -> list[str]:
+    """Fix each input's shape and fill from --input-shape / --input-range; returns notes on the shapes assumed.
+    Raises UsageError (one line) for names the file lacks, shapes that do not fit, dims left dynamic."""
+    from edgekit.errors import UsageError
+    from edgekit.inputs import InputOptions, parse_shapes
+    from edgekit.runtime.manifest import MAX_ELEMENTS
+
+    positional, named = parse_shapes(shape_texts)
+    ranges = InputOptions.from_cli(ranges=range_texts).ranges
+    names = [i.name for i in inputs]
+    listing = f"its inputs: {', '.join(f'{i.name} {i.dtype}{i.dims_text()}' for i in inputs)}"
+    for given in (*named, *ranges):
+        if given not in names:
+            raise UsageError(f"{where} has no input named {given!r}", listing)
+    if positional and len(positional) != len(inputs):
+        raise UsageError(f"{where} has {len(inputs)} input(s) and --input-shape gave {len(positional)} unnamed shape(s)",
+                         f"name them, e.g. --input-shape {names[0]}=...; {listing}")
+    batch_one = []
+    for k, t in enumerate(inputs):
+        given = named.get(t.name) or (positional[k] if positional else None)
+        if given is not None:
+            fits = len(given) == len(t.declared) and all(not isinstance(d, int) or d == g for d, g in zip(t.declared, given))
+            if not fits:
+                raise UsageError(f"--input-shape {t.name}={','.join(map(str, given))} does not fit input {t.name!r} of {where}, "
+                                 f"declared {t.dims_text()}", "give every axis, with the fixed ones as declared")
+            t.shape = tuple(given)
+        elif not t.dynamic:
+            t.shape = tuple(t.declared)
+        elif t.dynamic == [0] and len(t.declared) > 1:
+            t.shape = (1, *t.declared[1:])
+            batch_one.append(t.name)
+        else:
+            open_dims = [t.label(a) for a in t.dynamic if not (a == 0 and len(t.declared) > 1)]
+            suggest = ",".join("1" if a == 0 and a in t.dynamic else t.label(a) for a in range(len(t.declared)))
+            raise UsageError(f"input {t.name!r} of {where} has dynamic dims {t.dims_text()}",
+                             f"pass --input-shape {t.name}={suggest} with sizes for {', '.join(open_dims)}")
+        n = 1
+        for d in t.shape:
+            n *= d
+        if n > MAX_ELEMENTS:
+            raise UsageError(f"input {t.name!r} of {where} would hold {n:,} elements, more than the {MAX_ELEMENTS:,} edgekit feeds",
+                             "give a smaller --input-shape")
+        t.value_range, t.fill = ranges.get(t.name), "random"
+        if t.value_range is not None:
+            if t.dtype == "bool" or not t.dtype.startswith(("int", "uint")):
+                raise UsageError(f"--input-range {t.name}: input {t.name!r} of {where} is {t.dtype}; ranges are for integer inputs",
+                                 "drop it, or name an id/mask input")
+            t.fill = "range"
+        elif t.is_integer:
+            t.fill = "ones" if t.dtype == "bool" or "mask" in t.name.lower() else "zeros"
+    return [f"dynamic batch dim of {', '.join(map(repr, batch_one))} in {where}: fed batch 1 "
+            "(--input-shape NAME=DIMS for another)"] if batch_one else []
+
+
+def fill_notes(inputs: list[BareInput], where: str) -> list[str]:
+    """What the made-up data of integer inputs without a range is, and how to get random values instead."""
+    notes = []
+    for t in inputs:
+        if t.is_integer and t.fill in ("zeros", "ones"):
+            what = "ones (a mask, every position on)" if t.fill == "ones" else "zeros (an id valid in any embedding)"
+            notes.append(f"input {t.name!r} ({t.dtype}) is fed {what}: {where} does not say which values are valid; "
+                         f"--input-range {t.name}=LO:HI feeds random values from LO to HI-1")
+    return notes
+
+
+def make_feed(inputs: list[BareInput], seed: int = 0) -> list:
+    """Arrays for the planned inputs: floats uniform in [0, 1), quantized inputs over their dtype, integer
+    inputs from their range (uniform in [lo, hi)) or zeros / ones: never the whole integer range."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
+    from edgekit.runtime.manifest import integer_bounds
+
+    rng = np.random.default_rng(seed)
     feed = []
-    for t in backend.inputs:
+    for t in inputs:
         dt = np.dtype(t.dtype)
-        if np.issubdtype(dt, np.integer) or dt == np.bool_:
-            # a bare model says nothing of its ids' range: 0 and 1 are valid for any embedding and mask
-            feed.append(rng.integers(0, 2, size=t.shape).astype(dt))
+        if t.fill == "range" or (t.fill == "random" and t.quantized):
+            lo, hi = integer_bounds(t.dtype, t.value_range)
+            feed.append(rng.integers(lo, hi, size=t.shape, dtype=dt))
+        elif t.fill in ("zeros", "ones"):
+            feed.append((np.zeros if t.fill == "zeros" else np.ones)(t.shape, dtype=dt))
         else:
-            feed.append(rng.random(t.shape).astype(dt))
+            feed.append(rng.random(t.shape, dtype=np.float32).astype(dt))
     return feed
 
 
-def measure(path: str, warmup: int, runs: int, min_seconds: float, threads: int | None) -> dict:
+class BareModel:
+    """A bare .onnx/.tflite file, its inputs fixed to concrete shapes (LiteRT's dynamic dims resized)."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None, shape_texts=(), range_texts=()):
+        from edgekit.runtime.backends import open_backend
+
+        self.path = Path(path)
+        self.backend = open_backend(self.path, num_threads)
+        self.inputs = declared_inputs(self.backend)
+        self.shape_notes = plan_inputs(self.inputs, self.path.name, shape_texts, range_texts)
+        self.notes = self.shape_notes + fill_notes(self.inputs, self.path.name)  # what a benchmark's made-up data assumes
+        if self.backend.format == "tflite" and self.backend._runner is None:
+            it, resized = self.backend._it, False
+            for t, index, info in zip(self.inputs, self.backend._in_idx, self.backend.inputs):
+                if tuple(t.shape) != tuple(info.shape):
+                    it.resize_tensor_input(index, list(t.shape))
+                    resized = True
+            if resized:
+                it.allocate_tensors()
+
+    def feed(self, seed: int = 0) -> list:
+        return make_feed(self.inputs, seed)
+
+    def run(self, arrays: list) -> list:
+        """One call; quantized outputs come back as floats."""
+        from edgekit.runtime import dequantize
+
+        outs = self.backend.run([a.astype(t.dtype, copy=False) for t, a in zip(self.inputs, arrays)])
+        return [dequantize(y, o.scale, o.zero_point) if o.scale is not None else y for o, y in zip(self.backend.outputs, outs)]
+
+    @property
+    def batch(self) -> int:
+        return next((int(t.shape[0]) for t in self.inputs if t.shape), 1)
+
+    def run_batch(self, *arrays) -> list:
+        """N samples (each input's first axis counts them) in calls of the fixed batch."""
+        from edgekit.errors import UsageError
+        from edgekit.runtime import combine_calls
+
+        b, n = self.batch, len(arrays[0])
+        if n % b:
+            raise UsageError(f"{n} samples do not divide into the batch of {b} that {self.path.name} is fed")
+        return combine_calls([self.run([a[i:i + b] for a in arrays]) for i in range(0, n, b)], b)
+
+
+def measure(path: str, warmup: int, runs: int, min_seconds: float, threads: int | None,
+            shape_texts=(), range_texts=()) -> dict:
     import numpy  # noqa: F401 - imports are not model load time
 
     if (Path(path) / "model.onnx").is_file() or path.endswith(".onnx"):
@@ -82,16 +268,15 @@ def measure(path: str, warmup: int, runs: int, min_seconds: float, threads: int 
     before = thermal_snapshot()
     rss0 = _rss_mb()
     t0 = time.perf_counter()
+    bare = None
     if Path(path).is_dir():
         from edgekit.runtime import Model
 
         model = Model(path, num_threads=threads)
         backend, feed = model.backend, model.encode(*_random_inputs(model))
     else:
-        from edgekit.runtime.backends import open_backend
-
-        backend = open_backend(path, threads)
-        feed = _bare_feed(backend)
+        bare = BareModel(path, threads, shape_texts, range_texts)
+        backend, feed = bare.backend, bare.feed()
     init_ms = (time.perf_counter() - t0) * 1000
     t1 = time.perf_counter()
     backend.run(feed)
@@ -107,7 +292,8 @@ def measure(path: str, warmup: int, runs: int, min_seconds: float, threads: int 
     return {"ok": True, "runtime": getattr(backend, "runtime_name", ""), "init_ms": init_ms, "first_ms": first_ms,
             "warmup_runs": warmup, "samples_ms": samples, "peak_rss_mb": _rss_mb(), "rss_before_load_mb": rss0,
             "thermal_before": before, "thermal_after": thermal_snapshot(),
-            "machine": platform.machine(), "python": platform.python_version()}
+            "machine": platform.machine(), "python": platform.python_version(),
+            "inputs": [t.to_dict() for t in bare.inputs] if bare else [], "notes": bare.notes if bare else []}
 
 
 def check_runtimes() -> dict:
@@ -122,14 +308,14 @@ def check_runtimes() -> dict:
     return found
 
 
-def run_eval(artifact: str, inputs: str, outputs: str, threads: int | None) -> int:
+def run_eval(artifact: str, inputs: str, outputs: str, threads: int | None, shape_texts=(), range_texts=()) -> int:
     """Outputs of the artifact on the device, for `edgekit eval --device`: compared on the host."""
     try:
         import numpy as np
 
         from edgekit.runtime import Model
 
-        model = Model(artifact, num_threads=threads)
+        model = Model(artifact, num_threads=threads) if Path(artifact).is_dir() else BareModel(artifact, threads, shape_texts, range_texts)
         with np.load(inputs, allow_pickle=False) as z:
             arrays = [z[i.name] for i in model.inputs]
         t0 = time.perf_counter()
@@ -143,7 +329,7 @@ def run_eval(artifact: str, inputs: str, outputs: str, threads: int | None) -> i
     return 0
 
 
-PAYLOAD = ("__init__.py", "errors.py", "runner.py", "runtime/__init__.py", "runtime/backends.py", "runtime/manifest.py")
+PAYLOAD = ("__init__.py", "errors.py", "inputs.py", "runner.py", "runtime/__init__.py", "runtime/backends.py", "runtime/manifest.py")
 
 
 def build_zipapp(dest: Path) -> Path:
@@ -165,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--min-seconds", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--input-shape", action="append", default=[], metavar="[NAME=]DIMS", help="a bare file's input shape")
+    ap.add_argument("--input-range", action="append", default=[], metavar="NAME=LO:HI", help="a bare file's integer input values")
     ap.add_argument("--check", action="store_true", help="report the interpreters available, then exit")
     ap.add_argument("--eval", nargs=2, metavar=("INPUTS_NPZ", "OUTPUTS_NPZ"),
                     help="run every sample of INPUTS_NPZ (arrays named like the artifact's inputs) and save the outputs")
@@ -173,17 +361,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(check_runtimes()))
         return 0
     if args.eval:
-        return run_eval(args.artifact, args.eval[0], args.eval[1], args.threads or None)
+        return run_eval(args.artifact, args.eval[0], args.eval[1], args.threads or None, args.input_shape, args.input_range)
     if not args.artifact:
         ap.error("--artifact is required")
     try:
-        result = measure(args.artifact, args.warmup, args.runs, args.min_seconds, args.threads or None)
+        result = measure(args.artifact, args.warmup, args.runs, args.min_seconds, args.threads or None,
+                         args.input_shape, args.input_range)
     except ImportError as exc:
         print(json.dumps({"ok": False, "kind": "missing-runtime", "error": str(exc), "available": check_runtimes()}))
         return 3
     except Exception as exc:  # noqa: BLE001 - reported to the host as data, not a traceback
-        from edgekit.errors import RuntimeMissing
+        from edgekit.errors import RuntimeMissing, UsageError
 
+        if isinstance(exc, UsageError):  # a bare file's inputs left open or misnamed: the user's to fix
+            print(json.dumps({"ok": False, "kind": "usage", "error": str(exc)}))
+            return 2
         kind = "missing-runtime" if isinstance(exc, RuntimeMissing) else "load-or-run"
         print(json.dumps({"ok": False, "kind": kind, "error": f"{type(exc).__name__}: {exc}", "available": check_runtimes()}))
         return 3 if kind == "missing-runtime" else 4

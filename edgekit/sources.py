@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from edgekit.errors import ModelLoadError, UsageError
-from edgekit.inputs import InputOptions, InputSpec, apply_declared, apply_options
+from edgekit.inputs import HasInputs, InputOptions, InputSpec, apply_declared, apply_options, parse_shape  # noqa: F401 (parse_shape: old import path)
 
 DEFAULT_MODEL = "edgekit.examples.digits:build"
 
 
 @dataclass
-class ModelSpec:
+class ModelSpec(HasInputs):
     module: nn.Module
     example_inputs: tuple[torch.Tensor, ...]
     input_names: list[str]
@@ -47,21 +47,19 @@ class ModelSpec:
             self.inputs = [InputSpec(n, tuple(t.shape), _np_dtype(t.dtype)) for n, t in zip(self.input_names, self.example_inputs)]
 
     @property
-    def input_shapes(self) -> list[tuple[int, ...]]:
-        return [tuple(t.shape) for t in self.example_inputs]
-
-    @property
-    def batch(self) -> int:
-        """The batch the model was exported with (1 when no input has a batch axis)."""
-        return next((int(s.shape[0]) for s in self.inputs if s.batched and s.shape), 1)
-
-    @property
     def param_bytes_fp32(self) -> int:
         return sum(p.numel() for p in self.module.parameters()) * 4
 
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
+
+    kind = "torch"  # the build layer's source kind (edgekit.build.EXPORTERS)
+
+    @property
+    def output_names(self) -> list[str]:
+        n = len(self.reference_outputs())
+        return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
     def layout(self, i: int) -> str | None:
         """PyTorch image models take NCHW; we only call 4-D inputs that."""
@@ -88,14 +86,16 @@ class ModelSpec:
                 ["NCHW" if o.ndim == 4 else None for o in outs])
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        raise UsageError(f"bad --input-shape {text!r}", "write it as comma-separated integers, e.g. 1,3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise UsageError(f"bad --input-shape {text!r}", "every dimension must be a positive integer, e.g. 1,3,224,224")
-    return dims
+def is_loaded(model: Any) -> bool:
+    """A model already loaded: a PyTorch ModelSpec or an ONNX file's OnnxSpec."""
+    from edgekit.onnx_source import OnnxSpec
+
+    return isinstance(model, (ModelSpec, OnnxSpec))
+
+
+def is_torchscript_module(spec: Any) -> bool:
+    module = getattr(spec, "module", None)
+    return isinstance(getattr(module, "inner", module), torch.jit.ScriptModule)
 
 
 def max_input_bytes() -> int:
@@ -317,6 +317,12 @@ def load_model(
     opts = inputs or InputOptions()
     if input_shapes and not opts.shapes:
         opts = InputOptions(**{**opts.__dict__, "shapes": [tuple(map(int, s)) for s in input_shapes]})
+    if isinstance(source, (str, Path)) and Path(str(source)).suffix.lower() == ".onnx" and ":" not in str(source):
+        if weights is not None:
+            raise UsageError("--weights loads a state dict into a PyTorch factory; an ONNX file carries its own weights", "drop --weights")
+        from edgekit.onnx_source import load_onnx
+
+        return load_onnx(source, opts)
     default_calib = None
     names: list[str] | None = None
     example: tuple | None = None
@@ -355,7 +361,7 @@ def load_model(
             name = "digits-cnn" if label == DEFAULT_MODEL else (Path(label.split(":")[0]).stem if label.split(":")[0].endswith(".py") else attr)
         else:
             raise ModelLoadError(f"cannot tell what model {label!r} is",
-                                 "give file.py:factory, package.module:attr, a TorchScript .pt or a torch.export .pt2 file")
+                                 "give file.py:factory, package.module:attr, a TorchScript .pt/.jit/.ts, a torch.export .pt2 or an .onnx file")
     if weights is not None:
         wpath = Path(weights)
         if not wpath.is_file():
@@ -370,6 +376,8 @@ def load_model(
                                  "the file must be a state dict matching the architecture") from exc
     if declared is not None and not isinstance(declared, (list, tuple)):
         declared = None if callable(declared) else declared
+    if opts.named_shapes:
+        opts = _shapes_by_name(opts, names, declared, label)
     example = _example_inputs(example, opts, declared)
     if not example:
         raise UsageError(f"cannot tell the input shape of {label}",
@@ -410,6 +418,23 @@ def _np_dtype(dtype: torch.dtype) -> str:
     if dtype not in _TORCH_TO_NP:
         raise UsageError(f"an input of dtype {dtype} is not supported", f"inputs are one of {', '.join(_TORCH_TO_NP.values())}")
     return _TORCH_TO_NP[dtype]
+
+
+def _shapes_by_name(opts: InputOptions, names: list[str] | None, declared, label: str) -> InputOptions:
+    """`--input-shape NAME=DIMS` on a PyTorch model: the names must be the model's own input names."""
+    import dataclasses
+
+    known = names or ([str(d.get("name", "")) for d in declared if isinstance(d, dict)] if isinstance(declared, (list, tuple)) else [])
+    if not known or not all(known):
+        raise UsageError(f"{label} does not name its inputs, so --input-shape NAME=DIMS cannot say which is which",
+                         "give the shapes in input order without names (--input-shape 1,3,224,224 once per input)")
+    unknown = [n for n in opts.named_shapes if n not in known]
+    if unknown:
+        raise UsageError(f"the model has no input named {unknown[0]!r}", f"its inputs: {', '.join(known)}")
+    missing = [n for n in known if n not in opts.named_shapes]
+    if missing:
+        raise UsageError(f"--input-shape gives no shape for input {missing[0]!r}", "name every input's shape once")
+    return dataclasses.replace(opts, shapes=[opts.named_shapes[n] for n in known], named_shapes={})
 
 
 def _example_inputs(example: tuple | None, opts: InputOptions, declared) -> tuple | None:

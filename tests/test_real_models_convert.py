@@ -15,6 +15,8 @@ import torch
 
 from conftest import HERE
 
+pytestmark = pytest.mark.slow  # real models converted end to end
+
 MODELS = HERE / "models"
 
 
@@ -78,7 +80,7 @@ def kws(tmp_path_factory):
     return model, seqs[1::2], root
 
 
-@pytest.mark.parametrize("target", ["onnx-fp32", "tflite-fp32", "tflite-int8"])
+@pytest.mark.parametrize("target", ["onnx-fp32", "onnx-fp16", "tflite-fp32", "tflite-fp16", "tflite-int8"])
 def test_streaming_state_input_converts_and_runs_closed_loop(kws, tmp_path, target):
     import edgekit
     import kws_gru
@@ -104,8 +106,8 @@ def test_streaming_state_input_converts_and_runs_closed_loop(kws, tmp_path, targ
         outs = np.stack(outs)
         worst = max(worst, float(np.abs(outs - ref_logits.numpy()).max()))
         agree.append(outs[-1].argmax() == ref_logits[-1].argmax().item())
-    tol = 1e-3 if target.endswith("fp32") else 1.5
-    assert worst < tol and np.mean(agree) >= (1.0 if target.endswith("fp32") else 0.9), (target, worst, np.mean(agree))
+    tol = {"fp32": 1e-3, "fp16": 5e-2}.get(target.rsplit("-", 1)[1], 1.5)
+    assert worst < tol and np.mean(agree) >= (0.9 if target.endswith("int8") else 1.0), (target, worst, np.mean(agree))
 
 
 # ---------------------------------------------------------------------------- RNet: two outputs

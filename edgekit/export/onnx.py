@@ -15,8 +15,7 @@ from edgekit.sources import ModelSpec
 
 
 def output_names(spec: ModelSpec) -> list[str]:
-    n = len(spec.reference_outputs())
-    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+    return spec.output_names
 
 
 def export(spec: ModelSpec, path: Path) -> dict:

@@ -47,7 +47,10 @@ class Model:
         self.backend = open_backend(model_file(self.folder, self.manifest), num_threads)
         self.inputs: list[TensorSpec] = self.manifest.inputs
         self.outputs: list[TensorSpec] = self.manifest.outputs
-        if [(t.shape, t.dtype) for t in self.inputs] != [(tuple(t.shape), t.dtype) for t in self.backend.inputs] or len(self.outputs) != len(self.backend.outputs):
+        self._in_order = _positions(self.inputs, self.backend.inputs)
+        self._out_order = _positions(self.outputs, self.backend.outputs)
+        if [(t.shape, t.dtype) for t in self.inputs] != [(tuple(self.backend.inputs[k].shape), self.backend.inputs[k].dtype) for k in self._in_order] \
+                or len(self.outputs) != len(self.backend.outputs):
             raise ArtifactError(f"{self.folder}: the manifest's inputs/outputs do not match {self.manifest.file}",
                                 "the artifact was edited or damaged; re-run edgekit convert")
 
@@ -77,12 +80,12 @@ class Model:
                 raise UsageError(f"input {spec.name!r} has shape {tuple(x.shape)}, the artifact takes {spec.shape} ({spec.layout or 'no layout'})")
             q = spec.quantization
             feed.append(quantize(x, spec.dtype, q.scale, q.zero_point) if q else x.astype(spec.dtype))
-        return feed
+        return _reorder(feed, self._in_order)
 
     def decode(self, outs: list[np.ndarray]) -> list[np.ndarray]:
-        """The interpreter's outputs -> float arrays in the PyTorch model's layout."""
+        """The interpreter's outputs (in its own order) -> float arrays in the model's order and layout."""
         result = []
-        for spec, y in zip(self.outputs, outs):
+        for spec, y in zip(self.outputs, (outs[k] for k in self._out_order)):
             q = spec.quantization
             y = dequantize(y, q.scale, q.zero_point) if q else np.asarray(y, dtype=np.float32)
             perm = _layout_perm(spec.layout, spec.source_layout)
@@ -103,6 +106,24 @@ class Model:
         chunks = [self(*(a[i:i + b] if t.batched else a[i] for t, a in zip(self.inputs, arrays)), input_layout=input_layout)
                   for i in range(0, n, b)]
         return combine_calls(chunks, b)
+
+
+def _positions(specs: list[TensorSpec], infos) -> list[int]:
+    """Where each manifest tensor sits in the interpreter's own order: matched by runtime name (a TFLite
+    signature lists its keys sorted, which need not be the model's order), else by position."""
+    where = {t.name: k for k, t in enumerate(infos)}
+    order = [where.get(s.runtime_name) for s in specs]
+    if len(specs) == len(infos) and None not in order and len(set(order)) == len(order):
+        return order  # type: ignore[return-value]
+    return list(range(len(specs)))
+
+
+def _reorder(feed: list, order: list[int]) -> list:
+    """Arrays in the manifest's order -> the interpreter's order."""
+    out = [None] * len(feed)
+    for a, k in zip(feed, order):
+        out[k] = a
+    return out
 
 
 def _as_integer(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
