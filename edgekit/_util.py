@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -143,8 +144,12 @@ def work_dir(tag: str = "work") -> str:
     leaves is recognised and swept by the next one. The caller removes it when done."""
     sweep_work_dirs()
     path = tempfile.mkdtemp(prefix=f"edgekit-{tag}-{HOST}-{os.getpid()}-")
-    with open(os.path.join(path, _WORK_MARK), "w") as f:
-        f.write(f"{os.getpid()}\n")
+    try:  # interrupted before the mark is written, the folder would be nobody's to sweep
+        with open(os.path.join(path, _WORK_MARK), "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     return path
 
 

@@ -193,12 +193,18 @@ class Staging:
         sweep_stale(self.dest.parent)
         try:
             self.path = Path(tempfile.mkdtemp(dir=self.dest.parent, prefix=_staging_prefix(self.dest)))
+        except OSError as exc:
+            raise UsageError(f"cannot write to {self.dest.parent}: {exc.strerror or exc}", "choose a writable folder for --out") from None
+        try:  # a signal or error before the marker is written would leave a folder no sweep claims: remove it here
             (self.path / _STAGING_MARK).write_text(f"{os.getpid()}\n")
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(self.path, 0o777 & ~umask)  # mkdtemp makes 0700; an artifact folder is an ordinary folder
-        except OSError as exc:
-            raise UsageError(f"cannot write to {self.dest.parent}: {exc.strerror or exc}", "choose a writable folder for --out") from None
+        except BaseException as exc:
+            shutil.rmtree(self.path, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise UsageError(f"cannot write to {self.dest.parent}: {exc.strerror or exc}", "choose a writable folder for --out") from None
+            raise
 
     @staticmethod
     def _check(dest: Path, given: str | None = None) -> Path:

@@ -22,6 +22,7 @@ from edgekit.runtime.manifest import integer_bounds
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 LABEL_KEYS = ("y", "labels", "label", "targets")
+SEQUENCE_KEYS = ("sequence", "sequence_ids")  # streaming data: one sequence id per sample, samples in time order
 
 
 @dataclass
@@ -35,6 +36,7 @@ class CalibrationData:
     notes: list[str] = field(default_factory=list)
     classes: list[str] | None = None  # class names, when the source has them
     unbatched: frozenset = frozenset()  # inputs whose samples are whole tensors (state): one per model call
+    sequence: np.ndarray | None = None  # streaming data: which sequence each sample belongs to (samples in time order)
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -42,7 +44,14 @@ class CalibrationData:
     def take(self, idx: slice | np.ndarray) -> "CalibrationData":
         return CalibrationData(self.source, {k: v[idx] for k, v in self.arrays.items()},
                                None if self.labels is None else self.labels[idx], self.synthetic, list(self.notes),
-                               self.classes, self.unbatched)
+                               self.classes, self.unbatched, None if self.sequence is None else self.sequence[idx])
+
+    def sequences(self) -> list[np.ndarray]:
+        """Sample indices of each sequence, in time order (one sequence of everything when none are marked)."""
+        if self.sequence is None:
+            return [np.arange(len(self))]
+        ids = list(dict.fromkeys(self.sequence.tolist()))
+        return [np.flatnonzero(self.sequence == i) for i in ids]
 
     def samples(self, batch: int = 1) -> Iterator[dict[str, np.ndarray]]:
         """One dict per model call: batched inputs with a leading batch axis of `batch`, inputs without a
@@ -165,6 +174,7 @@ def _read_npz(path: Path, input_names: Sequence[str], labels_key: str | None = N
     if labels_key is not None and labels_key not in data:
         raise CalibrationError(f"{path} has no array {labels_key!r} for the labels", f"its arrays: {', '.join(sorted(data))}")
     labels = data.pop(labels_key) if labels_key else next((data.pop(k) for k in LABEL_KEYS if k in data), None)
+    sequence = next((data.pop(k) for k in SEQUENCE_KEYS if k in data and k not in input_names), None)
     if set(input_names) <= set(data):
         arrays = {n: data[n] for n in input_names}
     elif len(input_names) == 1 and len(data) == 1:
@@ -174,7 +184,9 @@ def _read_npz(path: Path, input_names: Sequence[str], labels_key: str | None = N
     else:
         raise CalibrationError(f"{path} holds arrays {sorted(data)} but the model's inputs are {list(input_names)}",
                                "name the arrays after the inputs (or use 'x' for a single input)")
-    return CalibrationData(str(path), arrays, labels)
+    if sequence is not None and (sequence.ndim != 1 or not np.issubdtype(sequence.dtype, np.integer)):
+        raise CalibrationError(f"{path}: 'sequence' must be one integer id per sample", "e.g. np.repeat(np.arange(n_clips), frames_per_clip)")
+    return CalibrationData(str(path), arrays, labels, sequence=sequence)
 
 
 def _dataset(name: str, spec: dict, input_names: Sequence[str], split: str) -> CalibrationData:
@@ -284,15 +296,33 @@ def check(data: CalibrationData, inputs: Sequence[InputSpec]) -> None:
     if data.labels is not None and len(data.labels) != len(data):
         data.labels = None
         data.notes.append("labels ignored: their count differs from the samples")
+    if data.sequence is not None and len(data.sequence) != len(data):
+        raise CalibrationError(f"{data.source}: 'sequence' has {len(data.sequence)} ids for {len(data)} samples", "give one sequence id per sample")
 
 
-def split_holdout(data: CalibrationData, calib_samples: int, val_samples: int) -> tuple[CalibrationData, CalibrationData | None]:
-    """Calibration samples from the front, validation samples held out from the back (never the same)."""
-    n = len(data)
-    n_val = min(val_samples, n // 5) if n >= 10 else 0
-    calib = data.take(slice(0, min(calib_samples, n - n_val)))
-    val = data.take(slice(n - n_val, n)) if n_val else None
-    return calib, val
+HOLDOUT_FRACTION = 0.25
+
+
+def split_holdout(data: CalibrationData, calib_samples: int, val_samples: int | None,
+                  seed: int = 0) -> tuple[CalibrationData, CalibrationData | None]:
+    """A random quarter of the samples held out for validation (never the tail: files are often sorted by
+    class, speaker or date), at most `val_samples`; calibration takes up to `calib_samples` of the rest.
+    Streaming data (samples marked with sequences) is split by whole sequences, each kept in time order."""
+    rng = np.random.default_rng(seed)
+    groups = data.sequences()
+    if len(data) < 8 or len(groups) < 2 and data.sequence is not None:
+        return data.take(slice(0, min(calib_samples, len(data)))), None
+    order = [groups[i] for i in rng.permutation(len(groups))] if data.sequence is not None else \
+        [np.array([i]) for i in rng.permutation(len(data))]
+    want = max(1, int(round(len(data) * HOLDOUT_FRACTION)))
+    if val_samples is not None:
+        want = min(want, val_samples)
+    held: list[np.ndarray] = []
+    while order and sum(map(len, held)) < want and len(order) > 1:
+        held.append(order.pop(0))
+    rest = np.sort(np.concatenate(order))
+    val_idx = np.concatenate(held) if data.sequence is not None else np.sort(np.concatenate(held))
+    return data.take(rest[:calib_samples]), data.take(val_idx)
 
 
 def _integers(a: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:

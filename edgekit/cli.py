@@ -184,7 +184,7 @@ class _Progress:
               help="Override the target's calibration method (each backend supports some).")
 @click.option("--calib-spec", metavar="NAME", help="Preprocessing spec for image folders (calibration/*.toml name or path).")
 @click.option("--val-data", metavar="SRC", help="Validation data (same forms as --calib). [default: held out from --calib]")
-@click.option("--val-samples", type=click.IntRange(1), default=200, show_default=True, help="Held-out samples for validation.")
+@click.option("--val-samples", type=click.IntRange(1), help="Use at most this many validation samples. [default: all of --val-data, or a random quarter of --calib]")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME=]SHAPE", help="e.g. 1,3,224,224 or x=1,3,480,640; repeat per input.")
 @click.option("--input-dtype", "input_dtypes", multiple=True, metavar="[NAME=]DTYPE",
               help="An input's dtype, e.g. input_ids=int64 (ids and masks stay integer end to end); repeat per input.")
@@ -194,6 +194,10 @@ class _Progress:
               help="An input whose first axis is not the batch (a recurrent state shaped (layers, 1, hidden)).")
 @click.option("--bind", "binds", multiple=True, metavar="NAME=VALUE",
               help="Bind a non-tensor forward() argument once, e.g. --bind sr=16000.")
+@click.option("--output", "output_kinds", multiple=True, metavar="NAME=KIND",
+              help="What an output means: class[:probs], embedding, regression, probability[:THRESHOLD], state, tensor (judged accordingly). Repeatable.")
+@click.option("--state", "states", multiple=True, metavar="OUT=IN",
+              help="Output OUT is the recurrent state fed back into input IN: validation then also runs closed-loop over sequences. Repeatable.")
 @click.option("--weights", type=click.Path(), help="State dict to load into the model built by a factory.")
 @click.option("--trust-pickle", is_flag=True, help="Allow Python pickle in the model file (a whole-model .pt, or a .pt2 whose members need it): it runs code from "
                    "the file, so only for files you trust. TorchScript .pt files need no flag (their graph holds torch ops only).")
@@ -208,7 +212,7 @@ class _Progress:
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the machine-readable result here.")
 @click.pass_context
 def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, input_dtypes,
-            input_ranges, state_inputs, binds, weights, trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
+            input_ranges, state_inputs, binds, output_kinds, states, weights, trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
     """Convert MODEL (file.py:factory, pkg.module:attr, TorchScript .pt/.jit/.ts, .pt2; default: the bundled digits CNN)."""
     from edgekit.pipeline import DEFAULT_TARGET, convert_many
     from edgekit.inputs import parse_shapes
@@ -221,13 +225,17 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
 
     shapes, named = parse_shapes(input_shapes)
     opts = InputOptions.from_cli(shapes, input_dtypes, input_ranges, state_inputs, binds, named_shapes=named)
+    from edgekit.validate import declared_kinds
+
+    declared = declared_kinds(output_kinds, states)
     spec = load_model(model, weights=weights, trust_pickle=trust_pickle, inputs=opts)
     progress = _Progress(ERR, header=line((spec.source, "bold"), f" ({spec.num_params:,} parameters, inputs {'; '.join(i.describe() for i in spec.inputs)})"))
     try:
         results = convert_many(spec, targets, out_dir=out, out_root=out_dir, calibration=calib, calib_samples=calib_samples,
                                calib_method=calib_method, calib_spec=calib_spec, validation=val_data, val_samples=val_samples,
                                channels_last=channels_last, progress=progress, lint_report=_print_lint,
-                               max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s)
+                               max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s,
+                               outputs=declared)
     finally:
         progress.stop()
     if len(results) == 1 and results[0].error is not None:
@@ -239,6 +247,10 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
     for r in results:
         for w in r.warnings:
             say(ERR, ("warning", "yellow"), f" {r.target}: {w}")
+    for r in results:  # a verdict the samples cannot decide is said loudly (exit 0: nothing is known to be wrong)
+        if r.artifact is not None and r.artifact.validation.get("status") == "inconclusive":
+            say(ERR, ("INCONCLUSIVE", "bold magenta"), f" {r.target}: {'; '.join(r.artifact.validation['reasons'])}; "
+                "pass --val-data with more samples for a verdict")
     _write_json(json_path, {"command": "convert", "model": spec.source, "results": [r.to_json() for r in results]})
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.artifact is not None and r.artifact.validation.get("status") == "fail"]
@@ -284,17 +296,21 @@ def _print_lint(findings: dict[str, list[str]]) -> None:
 def _convert_table(results, param_bytes: int) -> None:
     has_acc = any(r.artifact and "accuracy" in r.artifact.validation for r in results)
     right = {"justify": "right"}
-    t = table("edgekit convert", [("target", {}), ("size", right), ("× fp32 params", right), ("SQNR dB", right), ("top-1 agree", right),
+    from edgekit.validate import headline, kinds_line
+
+    t = table("edgekit convert", [("target", {}), ("size", right), ("× fp32 params", right), ("SQNR dB", right), ("judged on", right),
                                   *([("accuracy (ref)", right)] if has_acc else []), ("time s", right), "validation", "size note", "artifact"])
-    colors = {"ok": "green", "warn": "yellow", "fail": "red"}
+    colors = {"ok": "green", "warn": "yellow", "fail": "red", "inconclusive": "magenta"}
+    judged = ""
     for r in results:
         if r.artifact is None:
             cells = [r.target, "-", "-", "-", "-"] + (["-"] if has_acc else []) + ["-", text("error", "red"), "-", str(r.error)[:60]]
         else:
             m, v = r.artifact.manifest, r.artifact.validation
-            agree = f"{v['top1_agreement']:.1%}" if "top1_agreement" in v else "-"
+            figures = m.validation.figures if m.validation else {}
+            judged = judged or kinds_line(figures)
             ratio = f"{m.size_bytes / param_bytes:.2f}" if param_bytes else "-"
-            cells = [r.target, _kib(m.size_bytes), ratio, f"{v['sqnr_db']:.1f}", agree]
+            cells = [r.target, _kib(m.size_bytes), ratio, f"{v['sqnr_db']:.1f}", headline(figures)]
             if has_acc:
                 cells.append(f"{v['accuracy']:.1%} ({v['reference_accuracy']:.1%})" if "accuracy" in v else "-")
             flags = (m.extra.get("census") or {}).get("flags") or []
@@ -302,6 +318,12 @@ def _convert_table(results, param_bytes: int) -> None:
                       text("; ".join(flags), "yellow") if flags else "", str(r.artifact.path)]
         row(t, *cells)
     OUT.print(t)
+    vdata = next((r.artifact.manifest.validation.figures.get("validation_data") for r in results
+                  if r.artifact is not None and r.artifact.manifest.validation), None)
+    if judged:
+        say(OUT, ("outputs", "bold"), f" {judged}")
+    if vdata:
+        say(OUT, ("validated on", "bold"), f" {vdata['samples']} samples of {vdata['described']}")
 
 
 @cli.command("targets")
@@ -403,12 +425,18 @@ def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, ru
               help="A bare .onnx/.tflite file's input shape, fixing its dynamic dims, e.g. x=1,3,480,640; repeat per input.")
 @click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LO:HI",
               help="A bare file's integer input: the data's values must lie in LO..HI-1.")
+@click.option("--output", "output_kinds", multiple=True, metavar="NAME=KIND",
+              help="What an output means (class, embedding, regression, probability, state, tensor). [default: the artifact's manifest]")
+@click.option("--state", "states", multiple=True, metavar="OUT=IN",
+              help="Output OUT is the state fed back into input IN: with --reference, also compare closed-loop over the data's sequences.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the result here.")
-def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, samples, threads, input_shapes, input_ranges, json_path):
+def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, samples, threads, input_shapes, input_ranges, output_kinds,
+             states, json_path):
     """Task accuracy of ARTIFACT on labelled data, on this host or on a device."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edgekit.evaluate import evaluate
+    from edgekit.validate import declared_kinds
 
     # Not on a terminal the bar would only leave an empty line (before the one-line error, if any).
     with Progress(TextColumn("eval", style="bold"), BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(), console=ERR, transient=True,
@@ -416,7 +444,7 @@ def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, 
         task = bar.add_task("eval", total=None)
         res = evaluate(artifact, data, labels_key=labels_key, data_spec=data_spec, device=device, reference=reference,
                        reference_weights=weights, threads=threads, samples=samples, input_shapes=input_shapes, input_ranges=input_ranges,
-                       progress=lambda done, total: bar.update(task, completed=done, total=total))
+                       progress=lambda done, total: bar.update(task, completed=done, total=total), outputs=declared_kinds(output_kinds, states))
     for n in res.notes:
         say(ERR, ("note", "cyan"), f" {res.target}: {n}")
     t = table(f"edgekit eval: {res.target} on {res.device} ({res.samples} samples of {res.data})", ["metric", ("value", {"justify": "right"})])
@@ -531,9 +559,17 @@ def report(paths, html_path, md_path, json_path):
     if page is not None and not html_path and Path(paths[0]).exists():
         check_output(str(page), "the report page (--html)")
     rep = collect(paths)
-    t = table("edgekit report", [(col, {"justify": "left" if col in ("model", "target", "device", "accuracy from", "artifact") else "right",
-                                        "overflow": "fold"}) for col in COLUMNS])
-    for cells in rep.table():
+    cells_all = rep.table()
+    keep = ("model", "target", "verdict")  # what a row is and how it was judged: never folded mid-word
+
+    def style(k: int, col: str) -> dict:
+        d = {"justify": "left" if col in ("model", "target", "verdict", "device", "accuracy from", "artifact") else "right", "overflow": "fold"}
+        if col in keep:
+            d.update(no_wrap=True, min_width=max([len(col)] + [len(str(c[k])) for c in cells_all]))
+        return d
+
+    t = table("edgekit report", [(col, style(k, col)) for k, col in enumerate(COLUMNS)])
+    for cells in cells_all:
         row(t, *cells)
     OUT.print(t)
     for note in rep.notes:

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekit.calibration import CalibrationData, load_calibration
 from edgekit.errors import DeviceError, UsageError
-from edgekit.validate import compare, is_classifier
+from edgekit.validate import OutputKind, compare, infer_kinds
 
 ProgressFn = Callable[[int, int], None]  # (samples done, total)
 
@@ -117,11 +117,26 @@ def bare_input_specs(model) -> list:
             for t in model.inputs]
 
 
+def recorded_kinds(manifest) -> dict:
+    """The output kinds the artifact was validated with (the manifest's validation figures keep the details:
+    probabilities, thresholds, which input a state feeds), else the kind each output entry records."""
+    kinds = {o.name: OutputKind(o.kind) for o in manifest.outputs if o.kind}
+    for x in (manifest.validation.figures.get("outputs") if manifest.validation else None) or []:
+        if isinstance(x, dict) and x.get("name") in kinds and x.get("kind") == kinds[x["name"]].kind:  # a received file: types checked
+            t = x.get("threshold", 0.5)
+            kinds[x["name"]] = OutputKind(x["kind"], x.get("inferred") is True, str(x.get("why", ""))[:200], x.get("probs") is True,
+                                          float(t) if isinstance(t, (int, float)) and 0 < t < 1 else 0.5, str(x.get("feeds", ""))[:512])
+    return kinds
+
+
 def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels_key: str | None = None,
              data_spec: str | None = None, device=None, reference=None, reference_weights: str | Path | None = None,
              threads: int | None = None, samples: int | None = None, batch: int = 256,
-             progress: ProgressFn | None = None, input_shapes: Sequence[str] = (), input_ranges: Sequence[str] = ()) -> EvalResult:
-    """input_shapes / input_ranges: for a bare .onnx/.tflite file, `[NAME=]DIMS` and `NAME=LO:HI` as on the command line."""
+             progress: ProgressFn | None = None, input_shapes: Sequence[str] = (), input_ranges: Sequence[str] = (),
+             outputs: dict | None = None) -> EvalResult:
+    """input_shapes / input_ranges: for a bare .onnx/.tflite file, `[NAME=]DIMS` and `NAME=LO:HI` as on the command line.
+    outputs: what outputs mean ({name: OutputKind}; default: the artifact's manifest, else inferred): accuracy is
+    measured on the class output, never on a box or embedding output that happens to be 2-D."""
     from edgekit.measure import _artifact_files, bare_input_args, check_bare_inputs
 
     model_path, manifest = _artifact_files(Path(artifact))
@@ -152,19 +167,39 @@ def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels
                                      bare_input_args(input_shapes, input_ranges) if manifest is None else ())
         where = info["device"]
     res = EvalResult(str(artifact), target, where, ds.source, len(ds), seconds=time.perf_counter() - t0, device_info=info, notes=notes)
-    logits = outs[0]
-    if ds.labels is not None and is_classifier(logits):
-        res.metrics.update(task_metrics(logits, ds.labels))
+    out_names = [o.name for o in manifest.outputs] if manifest is not None else [f"output_{k}" for k in range(len(outs))]
+    # what convert learnt about the outputs; a plain "tensor" there only means nothing was known then
+    recorded = {k: v for k, v in (recorded_kinds(manifest) if manifest is not None else {}).items() if v.kind != "tensor"}
+    kinds = infer_kinds(out_names, outs, ds.labels, {**recorded, **(outputs or {})})
+    cls = next((k for k, kind in enumerate(kinds) if kind.kind == "class"), None)
+    if ds.labels is not None and cls is not None:
+        res.metrics.update(task_metrics(outs[cls], ds.labels))
+        if len(out_names) > 1:
+            res.notes.append(f"accuracy is measured on output {out_names[cls]!r} ({kinds[cls].label()})")
+    elif ds.labels is not None:
+        res.notes.append("the data has labels but no output is a class output, so they are unused: declare it with --output NAME=class")
     if reference is not None:
         from edgekit.sources import load_model
 
         spec = load_model(reference, [tuple(s) for s in shapes], reference_weights)
         ref = spec.outputs_for(ds)
-        cmp = compare(ref, outs, ds.labels)
+        cmp = compare(ref, outs, ds.labels, kinds, out_names)
+        if any(k.kind == "state" and k.feeds in names for k in kinds):
+            if device not in (None, "host") or manifest is None:
+                res.notes.append("closed-loop figures are measured on this host, for artifact folders: run without --device for them")
+            else:  # streaming: both fed their own state over the data's sequences
+                from edgekit.runtime import Model
+                from edgekit.validate import closed_loop
+
+                art = Model(Path(artifact), num_threads=threads)
+                cmp["closed_loop"] = closed_loop(spec.run_reference, lambda arrays: art(*arrays), ds, names, out_names, kinds)
         res.metrics.update({k: v for k, v in cmp.items() if k != "samples"})
-        if is_classifier(ref[0]):
-            res.metrics["mean_kl"] = mean_kl(ref[0], logits)
+        if cls is not None:
+            res.metrics["mean_kl"] = mean_kl(ref[cls], outs[cls])
     if not res.metrics:
+        if ds.labels is not None:
+            raise UsageError(f"{ds.source} has labels, but no output of the artifact is a class output to score them on",
+                             "declare it: --output NAME=class (or pass --reference MODEL)")
         raise UsageError(f"{ds.source} has no labels and no --reference was given: nothing to score",
                          "give labelled data (an .npz with y, class folders, digits) or --reference MODEL")
     return res

@@ -93,6 +93,12 @@ class OnnxSpec(HasInputs):
             raise ModelLoadError(f"ONNX Runtime cannot run {self.path.name} on inputs {', '.join(s.describe() for s in self.inputs)}: "
                                  f"{_first_line(exc)}", "check --input-shape / --bind") from None
 
+    output_spec = None
+
+    def run_reference(self, arrays) -> list[np.ndarray]:
+        """One call of the original model on numpy inputs."""
+        return self._run_original(arrays)
+
     def reference_outputs(self, *arrays) -> list[np.ndarray]:
         """The original file's outputs under ONNX Runtime (on the example inputs when none are given)."""
         if arrays:
@@ -326,11 +332,13 @@ def from_torchscript(spec) -> OnnxSpec:
     (silero-vad's branches on the sample rate), so bound arguments go in as inputs and are folded by the
     ONNX source's own binding. The export must reproduce the ScriptModule on the example inputs, or the
     conversion stops here."""
+    import io
     import tempfile
     import warnings
 
     import torch
 
+    from edgekit._util import captured_output
     from edgekit.sources import _forward_params
 
     module = getattr(spec.module, "inner", spec.module)
@@ -344,7 +352,7 @@ def from_torchscript(spec) -> OnnxSpec:
     with tempfile.TemporaryDirectory(prefix="edgekit-ts-") as tmp:
         out = Path(tmp) / "model.onnx"
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), captured_output(io.StringIO()):  # the exporter prints whole graphs on failure
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, (*spec.example_inputs, *extra_values), str(out), dynamo=False, opset_version=17,
                                   input_names=[*spec.input_names, *extra_names])
@@ -361,6 +369,7 @@ def from_torchscript(spec) -> OnnxSpec:
                             bind={k: v for k, v in zip(extra_names, extra_values) if k in graph_inputs})
         onnx_spec = load_onnx(out, opts)
     onnx_spec.original, onnx_spec.source, onnx_spec.name = data, spec.source, spec.name
+    onnx_spec.output_spec = spec.output_spec
     onnx_spec.recipe["source_format"] = "torchscript"
     onnx_spec.recipe["torchscript_export"] = "torch.onnx (TorchScript exporter), opset 17"
     exported = onnx_spec.reference_outputs()

@@ -7,8 +7,8 @@ row and the others go on.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +29,7 @@ from edgekit.runtime.manifest import Manifest, Quantization, TensorSpec, Validat
 from edgekit.inputs import InputOptions
 from edgekit.sources import ModelSpec, is_loaded, is_torchscript_module, load_model
 from edgekit.targets import Target, load_target
-from edgekit.validate import compare, verdict
+from edgekit.validate import OutputKind, closed_loop, compare, declared_kinds, infer_kinds, verdict
 
 DEFAULT_TARGET = "tflite-int8"
 
@@ -77,11 +77,34 @@ def _io_entries(spec: ModelSpec, backend, in_layouts, out_layouts) -> tuple[list
     return inputs, outputs
 
 
+@dataclass
+class ValidationSet:
+    """The held-out samples every target is validated on, and where they came from."""
+
+    data: CalibrationData
+    origin: str  # val-data | test-split | calib-split | calib-reused | random
+    reference: list | None = None  # the source model's outputs on `data`, computed once for every target
+
+    @property
+    def held_out(self) -> bool:
+        """Independent of the calibration data (not a split of the same source)."""
+        return self.origin in ("val-data", "test-split")
+
+    def describe(self) -> str:
+        return {"val-data": "--val-data", "test-split": "the dataset's test split",
+                "calib-split": "a random split of the calibration source", "calib-reused": "the calibration samples themselves",
+                "random": "random inputs"}[self.origin]
+
+
 def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib_spec, calib_samples, val_samples,
-                  warnings: list[str], calib_warnings: list[str], validation=None) -> tuple[CalibrationData | None, CalibrationData]:
+                  warnings: list[str], calib_warnings: list[str], validation=None) -> tuple[CalibrationData | None, ValidationSet]:
     """(calibration samples, held-out validation samples), read and checked once for every target.
 
-    Warnings for every target go to `warnings`; those only calibrating targets need, to `calib_warnings`."""
+    Warnings for every target go to `warnings`; those only calibrating targets need, to `calib_warnings`.
+    `val_samples` None: every sample of --val-data, or a random quarter of the calibration source."""
+    def first(data: CalibrationData, n: int | None) -> CalibrationData:
+        return data if n is None else data.take(slice(0, n))
+
     if validation is not None:  # the user's own validation set: calibration keeps all of --calib
         val = load_calibration(validation, spec.input_names, spec.input_shapes, spec_name=calib_spec, inputs=spec.inputs)
         calib = None
@@ -89,18 +112,20 @@ def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib
             calib = load_calibration(calibration if calibration is not None else spec.default_calibration,
                                      spec.input_names, spec.input_shapes, spec_name=calib_spec, inputs=spec.inputs)
             calib = calib.take(slice(0, calib_samples))
+            if calib.synthetic and any(t.quant.needs_calibration for t in targets):
+                calib_warnings.append("calibrating on random data (--calib random): int8 ranges will not match real inputs; expect accuracy loss")
         elif any(t.quant.needs_calibration for t in targets):
             raise CalibrationError("static int8 targets need calibration data besides --val-data", "pass --calib too")
-        return calib, val.take(slice(0, val_samples))
+        return calib, ValidationSet(first(val, val_samples), "val-data")
     needing = [t.name for t in targets if t.quant.needs_calibration]
     source = calibration if calibration is not None else spec.default_calibration
     if source is None:
         if needing:
             raise CalibrationError(f"{', '.join(needing)} need{'s' if len(needing) == 1 else ''} calibration data",
                                    "pass --calib data.npy (or a folder, .npz, digits); --calib random calibrates on noise and is not recommended")
-        data = load_calibration("random", spec.input_names, spec.input_shapes, random_samples=min(val_samples, 64), inputs=spec.inputs)
+        data = load_calibration("random", spec.input_names, spec.input_shapes, random_samples=min(val_samples or 64, 64), inputs=spec.inputs)
         warnings.append("validated on random inputs (no --calib given): pass real data for figures you can trust")
-        return None, data
+        return None, ValidationSet(data, "random")
     data = load_calibration(source, spec.input_names, spec.input_shapes, spec_name=calib_spec, inputs=spec.inputs)
     if data.synthetic and needing:
         calib_warnings.append("calibrating on random data (--calib random): int8 ranges will not match real inputs; expect accuracy loss")
@@ -108,12 +133,14 @@ def _resolve_data(spec: ModelSpec, targets: Sequence[Target], calibration, calib
     if isinstance(source, str) and data.source.endswith(":train"):
         # a named dataset has a real test split: calibrate on train, validate on test
         val = load_calibration(source, spec.input_names, spec.input_shapes, split="test", inputs=spec.inputs)
-        return data.take(slice(0, calib_samples)), val.take(slice(0, val_samples))
+        return data.take(slice(0, calib_samples)), ValidationSet(first(val, val_samples), "test-split")
     calib, val = split_holdout(data, calib_samples, val_samples)
     if val is None:
-        warnings.append(f"only {len(data)} samples: none left to hold out, validating on the calibration samples")
-        val = calib
-    return calib, val
+        warnings.append(f"only {len(data)} samples: none left to hold out, validating on the calibration samples; pass --val-data")
+        return calib, ValidationSet(calib, "calib-reused")
+    warnings.append(f"validated on {len(val)} samples held out at random from {data.source} (the same source as the calibration, "
+                    "so the verdict is capped at warn): pass --val-data with independent data")
+    return calib, ValidationSet(val, "calib-split")
 
 
 def _budget(spec: ModelSpec, tgts: Sequence[Target], val: CalibrationData, max_drop: float | None, data, labels_key,
@@ -158,12 +185,12 @@ def default_dest(spec: ModelSpec, tgt: Target, root: str | Path = "out") -> Path
 def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Target = DEFAULT_TARGET, *,
             calibration: str | Path | np.ndarray | CalibrationData | None = None, out_dir: str | Path | None = None,
             input_shapes: Sequence[Sequence[int]] | None = None, weights: str | Path | None = None,
-            calib_samples: int = 200, val_samples: int = 200, calib_method: str | None = None,
+            calib_samples: int = 200, val_samples: int | None = None, calib_method: str | None = None,
             calib_spec: str | None = None, channels_last: bool = False, trust_pickle: bool = False,
             validation: str | Path | np.ndarray | CalibrationData | None = None,
             progress: ProgressFn | None = None, warnings: list[str] | None = None,
             max_accuracy_drop: float | None = None, budget_data=None, labels_key: str | None = None,
-            budget_s: float = 600.0, inputs: InputOptions | None = None) -> Artifact:
+            budget_s: float = 600.0, inputs: InputOptions | None = None, outputs: dict | None = None) -> Artifact:
     """Convert a PyTorch model to one target and validate it; returns the written Artifact.
 
     Bad input raises before any conversion starts; a failed conversion raises and leaves nothing behind.
@@ -174,7 +201,7 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
                           calib_spec=calib_spec, channels_last=channels_last, trust_pickle=trust_pickle, validation=validation,
                           progress=(lambda _t, stage, event, sec: progress(stage, event, sec)) if progress else None,
                           max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s,
-                          inputs=inputs)
+                          inputs=inputs, outputs=outputs)
     if warnings is not None:
         warnings.extend(res.warnings)
     if res.error is not None:
@@ -182,23 +209,26 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
     return res.artifact
 
 
-def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, val: CalibrationData, dest: Path,
-                 channels_last: bool, progress: ProgressFn | None, warnings: list[str], budget=None) -> Artifact:
+def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, vset: ValidationSet, kinds: list[OutputKind],
+                 dest: Path, channels_last: bool, progress: ProgressFn | None, warnings: list[str], budget=None) -> Artifact:
     t_start = time.perf_counter()
     if channels_last and tgt.format != "tflite":
         warnings.append("--channels-last applies to TFLite only: this ONNX artifact keeps the PyTorch layout")
-    staging = Staging(dest)
-    work = Path(work_dir("convert"))
+    staging = work = None
     stages = Stages(progress)
-    try:
+    try:  # created inside the try: a signal between creating them and entering it would orphan them
+        staging = Staging(dest)
+        work = Path(work_dir("convert"))
         model_file = staging.path / f"model{tgt.extension}"
         budget_report = None
         if budget is not None:
-            recipe, in_layouts, out_layouts, tgt, budget_report = _build_within(spec, tgt, calib, channels_last, model_file, work, stages, budget)
+            recipe, in_layouts, out_layouts, tgt, budget_report = _build_within(spec, tgt, calib, channels_last, model_file, work, stages,
+                                                                                budget, _class_index(kinds))
         else:
             recipe, in_layouts, out_layouts = build(spec, tgt, calib, channels_last, model_file, work, stages)
         backend = open_backend(model_file)
         inputs, outputs = _io_entries(spec, backend, in_layouts, out_layouts)
+        outputs = [dataclasses.replace(o, kind=k.kind) for o, k in zip(outputs, kinds)]
         manifest = Manifest(
             file=model_file.name, format=tgt.format, inputs=inputs, outputs=outputs, precision=tgt.precision,
             target=tgt.to_dict(), recipe=recipe, edgekit_version=__version__,
@@ -212,10 +242,15 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
         with stages.stage("validate"):
             from edgekit.runtime import Model
 
-            outs = Model(staging.path).run_batch(*(val.arrays[n] for n in spec.input_names))
-            figures = compare(spec.outputs_for(val), outs, val.labels)
-            status, reasons = verdict(figures, tgt.validation)
-        manifest.validation = Validation(status, tuple(reasons), str(val.source), bool(val.synthetic), figures)
+            model = Model(staging.path)
+            outs = model.run_batch(*(vset.data.arrays[n] for n in spec.input_names))
+            figures = compare(vset.reference, outs, vset.data.labels, kinds, spec.output_names)
+            if any(k.kind == "state" for k in kinds):  # streaming: both run closed-loop, each fed its own state
+                figures["closed_loop"] = closed_loop(spec.run_reference, lambda arrays: model(*arrays), vset.data,
+                                                     spec.input_names, spec.output_names, kinds)
+            figures["validation_data"] = {"origin": vset.origin, "described": vset.describe(), "samples": len(vset.data)}
+            status, reasons = verdict(figures, tgt.validation, held_out=vset.held_out or vset.origin == "random")
+        manifest.validation = Validation(status, tuple(reasons), str(vset.data.source), bool(vset.data.synthetic), figures)
         if budget_report is not None:
             manifest.extra["accuracy_budget"] = budget_report.to_json()
             if not budget_report.met:
@@ -233,15 +268,27 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, va
         (staging.path / "convert.log").write_text(stages.log.getvalue())
         staging.commit()
     except BaseException:
-        staging.abort()
+        if staging is not None:
+            staging.abort()
         raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     return Artifact(dest, manifest)
 
 
+def _class_index(kinds: list[OutputKind]) -> int:
+    """The output the accuracy budget is measured on: the class output (declared or inferred)."""
+    found = [i for i, k in enumerate(kinds) if k.kind == "class"]
+    if len(found) != 1:
+        raise UsageError("--max-accuracy-drop is measured on one class output; "
+                         + ("the model has none" if not found else f"the model has {len(found)}"),
+                         "declare it: --output NAME=class (and no other class output)")
+    return found[0]
+
+
 def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels_last: bool, model_file: Path,
-                  work: Path, stages: Stages, budget) -> tuple:
+                  work: Path, stages: Stages, budget, out_index: int = 0) -> tuple:
     """_build under an accuracy budget (see edgekit.budget); also returns the target with its layer moves and the report."""
     from edgekit import budget as budget_search
     from edgekit.runtime import Model
@@ -249,7 +296,7 @@ def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels
     fm = export_float(spec, tgt, channels_last, work, stages)
     data = budget.data
     with stages.stage("reference outputs"):
-        ref = spec.outputs_for(data)[0]
+        ref = spec.outputs_for(data)[out_index]
 
     infos: list[dict] = []
 
@@ -258,7 +305,7 @@ def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels
         inputs, outputs = _io_entries(spec, open_backend(model_file), fm.in_layouts, fm.out_layouts)
         write_manifest(model_file.parent, Manifest(model_file.name, t.format, inputs, outputs))
         with stages.stage("measure"):
-            return Model(model_file.parent).run_batch(*(data.arrays[n] for n in spec.input_names))[0]
+            return Model(model_file.parent).run_batch(*(data.arrays[n] for n in spec.input_names))[out_index]
 
     diag = calib_samples(spec, fm, calib.take(slice(0, budget_search.DIAGNOSE_SAMPLES)))
     final, report = budget_search.search(tgt, budget, ref, tgt.format, fm.path, quantize, model_file, diag, work, stages)
@@ -267,17 +314,20 @@ def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels
 
 def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[str | Target], *,
                  calibration=None, out_dir: str | Path | None = None, out_root: str | Path = "out",
-                 calib_samples: int = 200, val_samples: int = 200, calib_method: str | None = None,
+                 calib_samples: int = 200, val_samples: int | None = None, calib_method: str | None = None,
                  calib_spec: str | None = None, channels_last: bool = False,
                  input_shapes=None, weights=None, trust_pickle: bool = False, validation=None,
                  progress=None, lint_report=None, max_accuracy_drop: float | None = None, budget_data=None,
-                 labels_key: str | None = None, budget_s: float = 600.0, inputs: InputOptions | None = None) -> list[ConvertResult]:
+                 labels_key: str | None = None, budget_s: float = 600.0, inputs: InputOptions | None = None,
+                 outputs: dict[str, OutputKind] | None = None) -> list[ConvertResult]:
     """Several targets over one loaded model and one checked dataset.
 
     Bad input (model, target names, calibration data, output folders) raises before any conversion;
     after that each target becomes a ConvertResult, a failing one included, and the others go on.
     With `max_accuracy_drop` (points), static int8 targets search for per-layer int16/float moves until the
     accuracy on `budget_data` (labelled; default: the validation samples) is within budget (see edgekit.budget).
+    `outputs` declares what outputs mean ({name: OutputKind}, see edgekit.validate; --output / --state): the
+    verdict judges each output by its kind, and state outputs make validation run closed-loop.
     `progress(target, stage, event, seconds)` is called around every stage; `lint_report({target:
     [finding, ...]})` once, before any conversion, with the pre-conversion lint's findings.
     """
@@ -296,8 +346,20 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         Staging.check(d)
     shared: list[str] = []
     calib_only: list[str] = []
-    calib, val = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared, calib_only, validation)
-    budget = _budget(spec, tgts, val, max_accuracy_drop, budget_data, labels_key, calib_spec, budget_s, shared)
+    calib, vset = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared, calib_only, validation)
+    vset.reference = spec.outputs_for(vset.data)
+    budget = _budget(spec, tgts, vset.data, max_accuracy_drop, budget_data, labels_key, calib_spec, budget_s, shared)
+    declared = {**declared_kinds(spec_attr=getattr(spec, "output_spec", None)), **(outputs or {})}
+    labels = vset.data.labels if vset.data.labels is not None else (budget.data.labels if budget is not None else None)
+    kinds = infer_kinds(spec.output_names, vset.reference, labels, declared)
+    for k in kinds:
+        if k.kind == "state" and k.feeds not in spec.input_names:
+            raise UsageError(f"--state feeds input {k.feeds!r}, which the model does not have", f"its inputs: {', '.join(spec.input_names)}")
+    if vset.data.labels is not None and not any(k.kind == "class" for k in kinds):
+        shared.append("the validation data has labels, but no output is a class output, so they are unused: "
+                      "declare it with --output NAME=class")
+    if budget is not None:
+        _class_index(kinds)  # before any conversion: the budget needs one class output
     from edgekit.lint import lint
 
     findings = {t.name: [str(f) for f in lint(spec, t)] for t in tgts}
@@ -308,7 +370,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         res = ConvertResult(tgt.name, warnings=shared + (calib_only if tgt.quant.needs_calibration else []) + findings[tgt.name])
         cb = (lambda s, e, sec, _n=tgt.name: progress(_n, s, e, sec)) if progress else None
         try:
-            res.artifact = _convert_one(spec, tgt, calib, val, dest, channels_last, cb, res.warnings, budget)
+            res.artifact = _convert_one(spec, tgt, calib, vset, kinds, dest, channels_last, cb, res.warnings, budget)
         except EdgekitError as exc:
             check_terminated()  # a signal a library turned into an ordinary error still ends the run
             res.error = exc

@@ -22,7 +22,7 @@ from edgekit.runtime.manifest import MANIFEST, Manifest, read_manifest
 
 RESULT_COMMANDS = ("bench", "eval")
 _GIVE = "give artifact folders from `edgekit convert` (or folders holding them) and JSON files from `edgekit bench/eval --json`"
-COLUMNS = ("model", "target", "device", "size", "× fp32 params", "accuracy", "accuracy from", "top-1 agree", "SQNR dB",
+COLUMNS = ("model", "target", "verdict", "device", "size", "× fp32 params", "accuracy", "accuracy from", "top-1 agree", "SQNR dB",
            "p50 ms", "p90 ms", "p99 ms", "artifact")
 
 
@@ -319,6 +319,11 @@ def _ms(v: float | None) -> str:
     return _num(v, "{:.3f}" if v is not None and v < 10 else "{:.1f}")
 
 
+def _verdict(status: str) -> str:
+    """The convert-time verdict, loud when it is not ok: a failed artifact never reads as an ordinary row."""
+    return {"": "-", "ok": "ok", "warn": "warn", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}.get(status, status)
+
+
 def size_text(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:,.1f} KiB" if n < 10 * 1024 * 1024 else f"{n / 1048576:,.1f} MiB"
 
@@ -335,7 +340,7 @@ class Report:
 
     def table(self) -> list[list[str]]:
         """The table's cells, one list per row, in COLUMNS order (shared by the terminal, Markdown and HTML)."""
-        return [[r.model, r.target, r.device or "-", size_text(r.size_bytes), _num(r.size_vs_fp32_params, "{:.2f}"),
+        return [[r.model, r.target, _verdict(r.validation_status), r.device or "-", size_text(r.size_bytes), _num(r.size_vs_fp32_params, "{:.2f}"),
                  _pct(r.accuracy), r.accuracy_source or "-", _pct(r.top1_agreement), _num(r.sqnr_db, "{:.1f}"),
                  _ms(r.latency_p50_ms), _ms(r.latency_p90_ms), _ms(r.latency_p99_ms), r.artifact] for r in self.rows]
 

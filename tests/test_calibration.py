@@ -76,5 +76,5 @@ def test_holdout_never_overlaps_calibration():
     x = np.arange(100, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 8, 8), np.float32)
     d = load(x)
     calib, val = split_holdout(d, calib_samples=200, val_samples=50)
-    assert len(val) == 20 and len(calib) == 80
+    assert len(val) == 25 and len(calib) == 75  # a random quarter
     assert not set(calib.arrays["input"][:, 0, 0, 0]) & set(val.arrays["input"][:, 0, 0, 0])

@@ -1,6 +1,7 @@
 """The real models of tests/models (installed by scripts/setup-models.sh) load and behave: a
-pretrained sentence embedder, a streaming keyword spotter trained here on espeak-ng speech, and
-the pretrained MTCNN stage nets. These check the models themselves, not edgekit."""
+pretrained sentence embedder, a streaming keyword spotter trained here on espeak-ng speech, the
+pretrained MTCNN stage nets and the pretrained EfficientNet-Lite0 ImageNet classifier. These check the
+models themselves, not edgekit."""
 
 import numpy as np
 import pytest
@@ -167,3 +168,55 @@ def test_onet_three_outputs():
     assert (face[y == 1] > 0.5).mean() >= 0.9 and (face[y == 0] > 0.5).mean() <= 0.1
     lm = landmarks[y == 1].numpy()
     assert 0.0 < np.median(lm) < 1.0  # landmark coordinates fall inside the crop
+
+
+# ------------------------------------------------------------------ EfficientNet-Lite0 (ImageNet classifier)
+
+def test_efficientnet_lite0_is_the_pretrained_imagenet_model():
+    """The published weights, and they recognise what is plainly in real photos, with the preprocessing
+    they were trained with ((pixel - 127) / 128, not ImageNet's mean/std)."""
+    import hashlib
+
+    import efficientnet_lite0 as E
+
+    assert hashlib.sha256(E.weights_path().read_bytes()).hexdigest() == E.SHA256
+    model = E.build()
+    (ex,) = E.build.example_inputs
+    assert ex.shape == (1, 3, 224, 224) and ex.dtype == torch.float32 and -1.0 <= float(ex.min()) and float(ex.max()) <= 1.0
+    names = list(E.LABELLED)
+    x = np.stack([E.preprocess(E.load_photo(n)) for n in names])
+    imagenet = (x * E.STD + E.MEAN) / 255.0  # the same pixels, normalised with ImageNet's mean/std instead
+    imagenet = ((imagenet - np.array([0.485, 0.456, 0.406])[:, None, None]) / np.array([0.229, 0.224, 0.225])[:, None, None])
+    with torch.no_grad():
+        p = torch.softmax(model(torch.from_numpy(np.r_[x, imagenet.astype(np.float32)])), 1).numpy()
+    p, p_imagenet = p[: len(names)], p[len(names):]
+    top5 = {n: list(np.argsort(-row)[:5]) for n, row in zip(names, p)}
+    assert all(281 <= c <= 285 for c in top5["chelsea"][:3]), top5["chelsea"]  # tiger cat .38, Egyptian .37, tabby .16
+    assert top5["coffee"][:2] == [967, 968], top5["coffee"]  # espresso .96, cup
+    right1 = sum(top5[n][0] in E.LABELLED[n] for n in names)
+    right5 = sum(bool(set(top5[n]) & set(E.LABELLED[n])) for n in names)
+    assert right1 >= 11 and right5 >= 12, (right1, right5)  # measured 12 and 13 of 15
+
+    def loglik(q):
+        return np.mean([np.log(q[i, list(E.LABELLED[n])].sum()) for i, n in enumerate(names)])
+
+    assert loglik(p) > loglik(p_imagenet) + 0.2, (loglik(p), loglik(p_imagenet))  # measured -1.12 vs -1.52
+
+
+def test_efficientnet_lite0_photos_are_deterministic_and_split():
+    import efficientnet_lite0 as E
+
+    assert not set(E.CALIB_PHOTOS) & set(E.VAL_PHOTOS) and set(E.CALIB_PHOTOS) | set(E.VAL_PHOTOS) == set(E.SOURCES)
+    k = len(E.VAL_PHOTOS)
+    a, b = E.photos(k + 3, split="val"), E.photos(k + 5, split="val")
+    assert a.shape == (k + 3, 3, 224, 224) and a.dtype == np.float32 and -1.0 <= a.min() and a.max() <= 1.0
+    np.testing.assert_array_equal(a, b[: k + 3])  # a prefix, bit for bit
+    assert E.photo_sources(k + 3)[k:] == list(E.VAL_PHOTOS[:3])
+    for i in range(3):  # past the first round: random views of the same photos, not copies
+        assert np.abs(a[k + i] - a[i]).mean() > 0.05
+    other = E.photos(k + 3, seed=1, split="val")
+    np.testing.assert_array_equal(other[:k], a[:k])
+    assert np.abs(other[k:] - a[k:]).mean() > 0.05
+    c = E.photos(len(E.CALIB_PHOTOS), split="calib")
+    assert E.photo_sources(len(c), "calib") == list(E.CALIB_PHOTOS)
+    assert not any(np.array_equal(ci, ai) for ci in c for ai in a)

@@ -51,6 +51,10 @@ def test_minilm_keeps_integer_ids_and_its_embeddings(minilm_data, tmp_path, targ
     art = edgekit.convert(spec, target, calibration=str(minilm_data / "calib.npz"), validation=str(minilm_data / "held.npz"),
                           out_dir=tmp_path / target)
     assert all(i.dtype in ("int64", "int32") and i.quantization is None for i in art.manifest.inputs), art.manifest.inputs
+    # judged as an embedding (inferred: its rows have unit norm), never as a 384-class classifier
+    (out,) = art.manifest.validation.figures["outputs"]
+    assert out["kind"] == "embedding" and out["inferred"] and "retrieval_agreement" in out and "agreement" not in out
+    assert art.validation["status"] in ("ok", "warn"), art.validation
     held = load_calibration(minilm_data / "held.npz", spec.input_names, spec.input_shapes, inputs=spec.inputs)
     ref = spec.outputs_for(held)[0]
     got = runtime.load(art.path).run_batch(held.arrays["input_ids"], held.arrays["attention_mask"])[0]

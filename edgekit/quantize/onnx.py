@@ -82,6 +82,27 @@ def _gemm_to_matmul(model: onnx.ModelProto) -> int:
     return changed
 
 
+def _drop_duplicate_casts(model: onnx.ModelProto) -> int:
+    """The float16 converter names each Cast it inserts (node and output) after the tensor it casts, so a
+    constant read by two nodes (paddle2onnx shares them, e.g. PP-OCR's Resize scales) gets two identical
+    Casts defining the same tensor, which ONNX Runtime rejects ("two nodes with same node name"). The
+    repeats compute the same thing: drop them. Returns how many were dropped."""
+    produced: dict[str, tuple] = {}
+    keep, dropped = [], 0
+    for n in model.graph.node:
+        key = (n.op_type, n.domain, tuple(n.input), tuple(a.SerializeToString() for a in n.attribute))
+        if n.output and all(o in produced for o in n.output) and all(produced[o] == key for o in n.output):
+            dropped += 1
+            continue
+        for o in n.output:
+            produced[o] = key
+        keep.append(n)
+    if dropped:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return dropped
+
+
 def _weight_only(src: Path, dst: Path, q: QuantSpec) -> dict:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -126,8 +147,10 @@ def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None,
         if q.mode == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
-            return {"tool": "onnxruntime.transformers.float16", "keep_io_types": True}
+            half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+            dropped = _drop_duplicate_casts(half)
+            onnx.save(half, str(dst))
+            return {"tool": "onnxruntime.transformers.float16", "keep_io_types": True, "dropped_duplicate_casts": dropped}
         if q.mode == "weight_only":
             return _weight_only(src, dst, q)
         reduce_range, why = resolve_reduce_range(q.reduce_range)

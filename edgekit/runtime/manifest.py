@@ -117,6 +117,9 @@ class _Reader:
         return dims  # type: ignore[return-value]
 
 
+OUTPUT_KINDS = ("class", "embedding", "regression", "probability", "state", "tensor")
+
+
 @dataclass(frozen=True)
 class Quantization:
     scale: float
@@ -140,6 +143,7 @@ class TensorSpec:
     quantization: Quantization | None = None
     batched: bool = True  # False: the first axis is not the batch (a recurrent state)
     value_range: tuple[int, int] | None = None  # integer inputs: valid values lo <= v < hi (token ids)
+    kind: str | None = None  # outputs: class | embedding | regression | probability | state | tensor (edgekit.validate)
 
     @property
     def takes_integers(self) -> bool:
@@ -154,6 +158,8 @@ class TensorSpec:
                   "batched": self.batched})
         if self.value_range is not None:
             d["value_range"] = list(self.value_range)
+        if self.kind is not None:
+            d["kind"] = self.kind
         return d
 
     @classmethod
@@ -198,8 +204,11 @@ class TensorSpec:
             if hi <= lo:  # type: ignore[operator]
                 raise r.fail(f"{path}.value_range", "must have lo < hi")
             value_range = (lo, hi)
+        kind = d.get("kind")
+        if kind is not None and kind not in OUTPUT_KINDS:
+            raise r.fail(f"{path}.kind", f"{kind!r} is not one of {', '.join(OUTPUT_KINDS)}")
         return cls(name, shape, dtype, r.str_(d.get("runtime_name", ""), f"{path}.runtime_name", max_len=512) or "",  # type: ignore[arg-type]
-                   layouts[0], layouts[1], source_shape, quant, batched, value_range)  # type: ignore[arg-type]
+                   layouts[0], layouts[1], source_shape, quant, batched, value_range, kind)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
