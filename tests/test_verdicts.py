@@ -176,3 +176,20 @@ def test_a_channel_the_overall_sqnr_hides_is_flagged():
     status, reasons = verdict(compare([head], [one], None, [OutputKind("tensor")], ["output0"]), INT8)
     assert status == "warn" and "1 of 22" in reasons[0], reasons
     assert verdict(compare([head], [head * 1.001], None, [OutputKind("tensor")], ["output0"]), INT8)[0] == "ok"
+
+
+def test_class_outputs_are_judged_on_confident_samples_only():
+    """1000-class logits where the reference is unsure on most samples: the unsure ones flip under rounding and
+    must not fail a healthy artifact; too few confident samples is inconclusive, a broken confident set fails."""
+    rng = np.random.default_rng(0)
+    n = 48
+    ref = rng.standard_normal((n, 1000)).astype(np.float32)
+    ref[:10, 7] += 12.0  # 10 confident samples
+    out = ref + 1.0 * rng.standard_normal(ref.shape).astype(np.float32)  # unsure samples flip, confident ones hold
+    m = compare([ref], [out], None, [OutputKind("class")], ["logits"])
+    assert m["outputs"][0]["agreement"]["value"] < 0.5 and m["outputs"][0]["confident_agreement"]["n"] == 10
+    status, reasons = verdict(m, INT8)
+    assert status == "inconclusive" and "only 10 of 48 samples are confident" in reasons[0], reasons
+    broken = ref.copy()
+    broken[:10] = rng.standard_normal((10, 1000))  # the confident decisions lost
+    assert verdict(compare([ref], [broken], None, [OutputKind("class")], ["logits"]), INT8)[0] == "fail"
