@@ -78,7 +78,7 @@ def _custom_ops(path: Path) -> list[str]:
 def convert(spec, work: Path, channels_last: bool = False) -> tuple[Path, dict, list, list]:
     """Convert the spec's prepared graph; returns (float .tflite, recipe entry, input layouts, output layouts)."""
     onnx2tf = _import()
-    from edgekit.build import match_names
+    from edgekit.build import by_runtime_name, match_names
     from edgekit.runtime import open_backend
 
     folder = work / "onnx2tf"
@@ -121,10 +121,7 @@ def convert(spec, work: Path, channels_last: bool = False) -> tuple[Path, dict, 
                               "use the onnx-* targets for this model")
     feed = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if lay == "NHWC" and src != "NHWC" else x
             for x, lay, src in zip(spec.example_inputs, in_layouts, src_in)]
-    order = match_names(spec.input_names, backend.inputs)
-    arrays: list = [None] * len(feed)
-    for x, k in zip(feed, order):
-        arrays[k] = x.astype(backend.inputs[k].dtype, copy=False)
+    arrays = list(by_runtime_name(dict(zip(spec.input_names, feed)), backend.inputs).values())  # the interpreter's order and dtypes
     try:
         got = backend.run(arrays)
     except Exception as exc:
