@@ -67,7 +67,9 @@ THREADS = 1  # references and artifacts run here on one thread: on 2 busy cores,
 LEGEND = {
     "class": "top-1 agreement with the reference on the held-out samples where the reference is confident "
              "(top-1 softmax probability >= 0.5; all samples when fewer than 30 are) >= 0.90",
-    "decision": "two-way decisions (face / non-face, upright / upside down, speech / pause at 0.5): at most 5% flip (agreement >= 0.95)",
+    "decision": "two-way decisions (face / non-face, speech / pause at 0.5): at most 5% flip (agreement >= 0.95)",
+    "rotate": "PP-OCR orientation: the pipeline's own decision, rotate a line when p(180 degrees) > 0.9 (rapidocr's "
+              "config.yaml cls_thresh): at most 5% flip",
     "embedding": "mean cosine >= 0.98 and nearest-neighbour (retrieval within the held-out set) agreement >= 0.80",
     "boxes": "MTCNN box regression: mean cosine of the 4 box offsets on the reference's faces (face probability >= 0.5) >= 0.95",
     "map": "detector maps (PP-OCR text probability, MTCNN PNet face probability): mean cosine per sample >= 0.95",
@@ -116,14 +118,14 @@ def confident_top1(k: int, what: str, probs: bool = False) -> Callable:
     return fig
 
 
-def decisions(k: int, what: str, column: int | None = None) -> Callable:
-    """Agreement of two-way decisions at 0.5: output k's value, or its column `column` (a 2-way softmax)."""
+def decisions(k: int, what: str, column: int | None = None, threshold: float = 0.5) -> Callable:
+    """Agreement of two-way decisions at `threshold`: output k's value, or its column `column` (a 2-way softmax)."""
     def fig(got: list, ref: list) -> dict:
         g, r = cov._same_size(got[k], ref[k], k), ref[k]
         if column is not None:
             g, r = g.reshape(-1, r.shape[-1])[:, column], r.reshape(-1, r.shape[-1])[:, column]
         p, q = g.reshape(-1), r.reshape(-1)
-        flips = float(np.mean((p > 0.5) != (q > 0.5)))
+        flips = float(np.mean((p > threshold) != (q > threshold)))
         return {"figure": "decisions", "value": 1 - flips, "flip_share": flips, "n": int(q.size), "of": what,
                 "max_abs_error": float(np.abs(p - q).max()), "text": f"{flips:.1%} of {q.size} decisions flip"}
     return fig
@@ -304,7 +306,7 @@ def rows() -> dict[str, Row]:
             [Rule(ctc_n(0, 6625, "CTC characters per timestep"), 0.95, legend="ctc")],
             ["--output", "softmax_11.tmp_0=class:probs"]),
         Row("rapidocr_cls", c["rapidocr_cls"], split_after(c["rapidocr_cls"].data),
-            [Rule(decisions(0, "orientation", column=1), 0.95, legend=dec)],
+            [Rule(decisions(0, "rotations (p(180) > 0.9)", column=1, threshold=0.9), 0.95, legend="rotate")],
             ["--output", "save_infer_model/scale_0.tmp_1=class:probs"]),
         Row("mtcnn_pnet", c["mtcnn_pnet"], split_after(c["mtcnn_pnet"].data),
             [Rule(cosine_on(1, "face-probability map", lambda a: a.reshape(len(a), 55, 75, 2)[..., 1]), 0.95, legend="map")],

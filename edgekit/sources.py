@@ -91,9 +91,13 @@ class ModelSpec(HasInputs):
 
     def io_layouts(self) -> tuple[list[str | None], list[str | None]]:
         """Layouts of the PyTorch model's inputs and outputs (NCHW for 4-D tensors)."""
-        outs = self.reference_outputs()
         return ([self.layout(i) for i in range(len(self.example_inputs))],
-                ["NCHW" if o.ndim == 4 else None for o in outs])
+                ["NCHW" if ndim == 4 else None for ndim in self._output_ndims])
+
+    @functools.cached_property
+    def _output_ndims(self) -> tuple[int, ...]:
+        """The outputs' ranks, from one forward pass (io_layouts is asked once per target and per stage)."""
+        return tuple(o.ndim for o in self.reference_outputs())
 
 
 def is_loaded(model: Any) -> bool:

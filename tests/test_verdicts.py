@@ -193,3 +193,76 @@ def test_class_outputs_are_judged_on_confident_samples_only():
     broken = ref.copy()
     broken[:10] = rng.standard_normal((10, 1000))  # the confident decisions lost
     assert verdict(compare([ref], [broken], None, [OutputKind("class")], ["logits"]), INT8)[0] == "fail"
+
+
+def _text_map(n, h=48, w=64, seed=0):
+    """Probability maps [n, 1, h, w]: mostly background (0.02) with one text-like box per sample at 0.9."""
+    rng = np.random.default_rng(seed)
+    m = np.full((n, 1, h, w), 0.02, np.float32)
+    for i in range(n):
+        y, x = rng.integers(0, h - 12), rng.integers(0, w - 24)
+        m[i, 0, y:y + 8, x:x + 20] = 0.9
+    return m
+
+
+def test_a_map_is_judged_by_the_overlap_of_its_regions_counted_per_sample():
+    """A probability map whose text regions are half lost agrees on 97% of its pixels; judged by pixels (one
+    sample each) it passed with a hair-thin interval. Judged as the overlap (IoU) of the positive regions, counted
+    per sample, it fails; a healthy map (regions kept, noise on the background) is ok; and the count is samples."""
+    n = 60
+    ref = _text_map(n)
+    broken = ref.copy()
+    broken[..., :, ::2] = np.minimum(broken[..., :, ::2], 0.1)  # every other column of each region lost
+    kind = [OutputKind("probability", threshold=0.3)]
+    m = compare([ref], [broken], None, kind, ["map"])
+    x = m["outputs"][0]
+    assert x["elements_agreement"] > 0.96 and x["elements"] == n * 48 * 64
+    fg = x["foreground_agreement"]
+    assert fg["n"] == n and abs(fg["value"] - 0.5) < 0.01 and fg["ci95"][1] < 0.6
+    status, reasons = verdict(m, INT8)
+    assert status == "fail" and "IoU" in reasons[0] and f"in {n} samples" in reasons[0], reasons
+    healthy = ref + np.random.default_rng(1).normal(0, 0.02, ref.shape).astype(np.float32)
+    assert verdict(compare([ref], [healthy], None, kind, ["map"]), INT8)[0] == "ok"
+    # samples that show nothing on either side say nothing: too few that do is inconclusive, not ok
+    blank = np.full((n, 1, 48, 64), 0.02, np.float32)
+    blank[:5] = ref[:5]
+    status, reasons = verdict(compare([blank], [blank + 0.01], None, kind, ["map"]), INT8)
+    assert status == "inconclusive" and "5 samples" in reasons[0], reasons
+
+
+def test_a_sequence_is_judged_off_its_background_class():
+    """CTC-like [n, T, C] outputs mostly blank (class 0): an artifact that garbles a third of the characters still
+    agrees on ~85% of timesteps; judged where either side decides a character it fails. Full agreement is ok."""
+    rng = np.random.default_rng(0)
+    n, steps, classes = 50, 40, 30
+    ids = np.where(rng.random((n, steps)) < 0.6, 0, rng.integers(1, classes, (n, steps)))
+    ref = np.full((n, steps, classes), -4.0, np.float32)
+    ref[np.arange(n)[:, None], np.arange(steps)[None], ids] = 4.0
+    out = ref.copy()
+    garble = (ids > 0) & (rng.random((n, steps)) < 0.35)
+    out[garble] = np.roll(out[garble], 1, axis=-1)
+    kind = [OutputKind("class")]
+    m = compare([ref], [out], None, kind, ["ctc"])
+    x = m["outputs"][0]
+    assert x["confident_agreement"]["value"] > 0.8 and x["background_class"] == 0
+    assert x["foreground_agreement"]["n"] == n and x["foreground_agreement"]["value"] < 0.75
+    assert verdict(m, INT8)[0] == "fail"
+    assert verdict(compare([ref], [ref + 0.01], None, kind, ["ctc"]), INT8)[0] == "ok"
+
+
+def test_two_way_near_ties_are_not_confident():
+    """A two-way softmax: every decision has p >= 0.5, so "confident" there is p >= 0.75. Flips of near-ties
+    (a PP-OCR orientation net's int8 flipped 9-11% of lines, all below 0.75; the OCR pipeline acts above 0.9)
+    do not fail it; flips of confident decisions do."""
+    rng = np.random.default_rng(0)
+    n = 100
+    p1 = np.where(np.arange(n) < 20, rng.uniform(0.45, 0.55, n), rng.choice([0.02, 0.98], n))
+    ref = np.stack([1 - p1, p1], 1).astype(np.float32)
+    out = ref.copy()
+    out[:20] = out[:20, ::-1]  # every near-tie flips
+    kind = [OutputKind("class", probs=True)]
+    m = compare([ref], [out], None, kind, ["orientation"])
+    assert m["outputs"][0]["agreement"]["value"] <= 0.8 and m["outputs"][0]["confident_agreement"]["n"] == 80
+    assert verdict(m, INT8)[0] == "ok"
+    out[20:40] = out[20:40, ::-1]
+    assert verdict(compare([ref], [out], None, kind, ["orientation"]), INT8)[0] == "fail"

@@ -110,18 +110,26 @@ def test_streaming_vad_drift_is_caught_closed_loop(tmp_path):
     assert loop["output"]["decision_agreement"]["value"] < int8.figures["outputs"][0]["decision_agreement"]["value"] - 0.1
 
 
-def test_ocr_detector_fp16_loads_and_matches(tmp_path):
-    """ONNX Runtime's float16 converter gave PP-OCR's detector two Casts defining one tensor (an invalid
-    model); edgekit drops the repeat. The fp16 artifact's text map matches the original on held-out pages."""
+def test_ocr_detector_fp16_matches_and_int8_is_judged_by_its_text_regions(tmp_path):
+    """PP-OCR's text detector. onnx-fp16: ONNX Runtime's float16 converter gave it two Casts defining one tensor
+    (an invalid model); edgekit drops the repeat and the text map matches the original on held-out pages.
+    onnx-int8: its text pixels overlap the reference's by ~0.8 (measured 0.81-0.85 IoU on 48 pages; the map's
+    cosine 0.77-0.82) while 99% of all pixels agree, background mostly. Counted per pixel it passed with
+    "99.3% of 14,745,600"; judged by the overlap of the regions, counted per page, it fails."""
     f = of.FILES["rapidocr_det"]
-    arrays = of.inputs("rapidocr_det", 6)
-    np.savez(tmp_path / "val.npz", x=arrays["x"][:, 0])
-    res = convert_many(str(of.path("rapidocr_det")), ["onnx-fp16"], validation=str(tmp_path / "val.npz"), out_root=tmp_path / "out",
-                       inputs=InputOptions(named_shapes=dict(f.shapes)))
-    assert res[0].error is None, str(res[0].error)
-    v = res[0].artifact.manifest.validation
-    assert v.status == "ok" and v.figures["sqnr_db"] > 35, (v.status, v.reasons)  # (cosine means little on blank maps)
-    assert res[0].artifact.manifest.recipe["quantize"]["dropped_duplicate_casts"] >= 1
+    arrays = of.inputs("rapidocr_det", 32)
+    np.save(tmp_path / "calib.npy", arrays["x"][:8, 0])
+    np.savez(tmp_path / "val.npz", x=arrays["x"][8:, 0])
+    res = convert_many(str(of.path("rapidocr_det")), ["onnx-fp16", "onnx-int8"], calibration=str(tmp_path / "calib.npy"),
+                       validation=str(tmp_path / "val.npz"), out_root=tmp_path / "out", inputs=InputOptions(named_shapes=dict(f.shapes)),
+                       outputs=declared_kinds(["sigmoid_0.tmp_0=probability:0.3"]))
+    assert all(r.error is None for r in res), [str(r.error) for r in res]
+    fp16, int8 = (r.artifact.manifest for r in res)
+    assert fp16.validation.status == "ok" and fp16.validation.figures["sqnr_db"] > 35, (fp16.validation.status, fp16.validation.reasons)
+    assert fp16.recipe["quantize"]["dropped_duplicate_casts"] >= 1
+    x = int8.validation.figures["outputs"][0]
+    assert x["elements_agreement"] > 0.98 and x["foreground_agreement"]["n"] <= 24  # counted per page, not per pixel
+    assert int8.validation.status == "fail" and "IoU" in int8.validation.reasons[0], int8.validation.reasons
 
 
 def test_noise_calibrated_imagenet_cnn_fails_and_the_healthy_one_does_not(tmp_path):
