@@ -22,7 +22,7 @@ MODES = ("none", "fp16", "dynamic", "static", "weight_only")
 OVERRIDE_PRECISIONS = ("int16", "float")
 # Which calibration methods each quantizer backend really implements.
 CALIB_METHODS = {
-    "ort": ("minmax", "entropy", "percentile", "distribution"),
+    "ort": ("minmax", "entropy", "percentile", "distribution", "search"),
     "pt2e": ("minmax", "histogram"),
     "aeq": ("minmax", "moving-average"),
     "none": (),

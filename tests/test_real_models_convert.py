@@ -39,8 +39,12 @@ def minilm_data(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("target,min_cos", [("onnx-fp16", 0.999), ("tflite-fp16", 0.999), ("tflite-dynamic", 0.98)])
-def test_minilm_keeps_integer_ids_and_its_embeddings(minilm_data, tmp_path, target, min_cos):
+@pytest.mark.parametrize("target,min_cos,min_nn", [
+    ("onnx-fp16", 0.999, 0.9), ("tflite-fp16", 0.999, 0.9), ("tflite-dynamic", 0.98, 0.9),
+    # static int8 (issue 12): finite mask, attention softmax / layer norms / residual sums float, the projections into
+    # the residual stream at 16 bits; measured mean cosine 0.9905 (min 0.983), NN 90.6% of 64 (before: 0.86, 64%)
+    ("onnx-int8", 0.97, 0.85)])
+def test_minilm_keeps_integer_ids_and_its_embeddings(minilm_data, tmp_path, target, min_cos, min_nn):
     import edgekit
     from edgekit import runtime
     from edgekit.calibration import load_calibration
@@ -65,7 +69,7 @@ def test_minilm_keeps_integer_ids_and_its_embeddings(minilm_data, tmp_path, targ
         s = e @ e.T
         np.fill_diagonal(s, -2)
         return s.argmax(1)
-    assert np.mean(nn_index(got) == nn_index(ref)) >= 0.9
+    assert np.mean(nn_index(got) == nn_index(ref)) >= min_nn
 
 
 # ---------------------------------------------------------------------------- KWS GRU: state without a batch axis
