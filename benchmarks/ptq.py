@@ -3,7 +3,8 @@
 
 Per model, one table: each route's top-1 agreement with the float model (PyTorch) on held-out inputs that no
 route calibrated on (and its confident-sample agreement), the artifact's size over the fp32 parameter bytes, and
-its latency over the fp32 artifact's in the same runtime on one thread (median of --runs calls, after warm-up).
+its latency over the fp32 artifact's in the same runtime on one thread (median of --runs calls, after warm-up; the
+routes timed in turn, one call each per round).
 
 Routes:
   ONNX Runtime   edgekit onnx-int8 (as shipped) and variants of it (--variants: calib_method / activation
@@ -135,20 +136,10 @@ class Runner:
     def outputs(self, xs: np.ndarray) -> np.ndarray:
         return np.concatenate([self(xs[i:i + 1]) for i in range(len(xs))])
 
-    def latency_ms(self, x: np.ndarray, runs: int) -> float:
-        for _ in range(3):
-            self(x)
-        t = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            self(x)
-            t.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(t)
-
 
 # ------------------------------------------------------------------ peers
 
-def ort_peer(fp32: Path, dst: Path, calib: np.ndarray, name: str, **kw) -> Path:
+def ort_peer(fp32: Path, dst: Path, calib: np.ndarray, **kw) -> Path:
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -247,25 +238,35 @@ def run_case(case: Case, args, folder: Path) -> dict:
         fp32 = files["edgekit onnx-fp32"]
         from onnxruntime.quantization import CalibrationMethod, QuantType
 
-        files["ORT quantize_static defaults"] = ort_peer(fp32, folder / "ort-default.onnx", calib, "default")
+        files["ORT quantize_static defaults"] = ort_peer(fp32, folder / "ort-default.onnx", calib)
         files["ORT per-channel U8S8 percentile"] = ort_peer(
-            fp32, folder / "ort-pc-percentile.onnx", calib, "pc", per_channel=True, activation_type=QuantType.QUInt8,
+            fp32, folder / "ort-pc-percentile.onnx", calib, per_channel=True, activation_type=QuantType.QUInt8,
             calibrate_method=CalibrationMethod.Percentile)
     if "edgekit tflite-fp32" in files:
         files["ai-edge-quantizer static_wi8_ai8"] = aeq_peer(files["edgekit tflite-fp32"], folder / "aeq-default.tflite", calib)
     rows = {}
-    base_latency = {}
-    for label in sorted(files, key=lambda k: (files[k].suffix, "fp32" not in k, k)):
-        r = Runner(files[label])
-        got = r.outputs(held)
-        lat = r.latency_ms(held[:1], args.runs)
-        if "fp32" in label:
-            base_latency[files[label].suffix] = lat
-        rows[label] = {"runtime": "ONNX Runtime" if files[label].suffix == ".onnx" else "LiteRT", **figures(got, ref),
-                       "size_ratio": files[label].stat().st_size / params, "latency_ms": lat,
-                       "latency_ratio": lat / base_latency.get(files[label].suffix, lat)}
-        print(f"  {label:38s} agr {rows[label]['agreement']:.3f} conf {rows[label]['confident_agreement'] or 0:.3f} "
-              f"(n {rows[label]['confident_n']}) size {rows[label]['size_ratio']:.3f} lat {lat:.2f} ms", flush=True)
+    runners = {label: Runner(files[label]) for label in sorted(files, key=lambda k: (files[k].suffix, "fp32" not in k, k))}
+    for label, r in runners.items():
+        rows[label] = {"runtime": "ONNX Runtime" if files[label].suffix == ".onnx" else "LiteRT", **figures(r.outputs(held), ref),
+                       "size_ratio": files[label].stat().st_size / params}
+    # latency: the routes timed in turn, one call each per round, so a slow spell of the machine hits them alike
+    # (timed one route after another, two identical onnx-int8 artifacts differed by 30%)
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    x = held[:1]
+    for r in runners.values():
+        for _ in range(3):
+            r(x)
+    for _ in range(args.runs):
+        for label, r in runners.items():
+            t0 = time.perf_counter()
+            r(x)
+            times[label].append((time.perf_counter() - t0) * 1e3)
+    base = {files[k].suffix: statistics.median(v) for k, v in times.items() if "fp32" in k}
+    for label, row in rows.items():
+        lat = statistics.median(times[label])
+        row["latency_ms"], row["latency_ratio"] = lat, lat / base.get(files[label].suffix, lat)
+        print(f"  {label:38s} agr {row['agreement']:.3f} conf {row['confident_agreement'] or 0:.3f} "
+              f"(n {row['confident_n']}) size {row['size_ratio']:.3f} lat {lat:.2f} ms", flush=True)
     return {"model": case.name, "about": case.about, "calib": len(calib), "held": len(held), "convert_rc": run["rc"],
             "convert_error": run.get("error"), "rows": rows}
 
@@ -286,7 +287,7 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=64, help="calibration samples (every route)")
     ap.add_argument("--held", type=int, default=256, help="held-out samples the agreement is measured on")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="edgekit target variants (comma-separated names)")
-    ap.add_argument("--runs", type=int, default=30, help="timed calls per route")
+    ap.add_argument("--runs", type=int, default=50, help="timed calls per route (in rounds over the routes)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--keep")
