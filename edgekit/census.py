@@ -309,6 +309,20 @@ def _graphs(graph):
                     yield from _graphs(sub)
 
 
+def node_links(nodes) -> tuple[dict, dict]:
+    """An ONNX graph's (producer, consumers): the node writing each tensor, and the nodes reading it."""
+    producer: dict = {}
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for o in n.output:
+            if o:
+                producer[o] = n
+        for i in n.input:
+            if i:
+                consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
 def _read_onnx(path: Path) -> Census:
     import onnx
     from onnx import numpy_helper
@@ -352,12 +366,7 @@ def _read_onnx(path: Path) -> Census:
         k.digest, k.neg_digest = _digests(raw, dtype)
 
     nodes = [(gi, n) for gi, g in enumerate(graphs) for n in g.node]
-    producer = {o: n for _, n in nodes for o in n.output if o}
-    consumers: dict[str, list] = {}
-    for _, n in nodes:
-        for i in n.input:
-            if i:
-                consumers.setdefault(i, []).append(n)
+    producer, consumers = node_links(n for _, n in nodes)
     graph_outputs = {o.name for g in graphs for o in g.output}
 
     def dq_source(name: str) -> str | None:

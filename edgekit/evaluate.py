@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekit.calibration import CalibrationData, load_calibration
 from edgekit.errors import DeviceError, UsageError
-from edgekit.validate import OutputKind, compare, infer_kinds
+from edgekit.validate import LABELS_UNUSED, OutputKind, compare, infer_kinds
 
 ProgressFn = Callable[[int, int], None]  # (samples done, total)
 
@@ -177,7 +177,7 @@ def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels
         if len(out_names) > 1:
             res.notes.append(f"accuracy is measured on output {out_names[cls]!r} ({kinds[cls].label()})")
     elif ds.labels is not None:
-        res.notes.append("the data has labels but no output is a class output, so they are unused: declare it with --output NAME=class")
+        res.notes.append(LABELS_UNUSED)
     if reference is not None:
         from edgekit.sources import load_model
 

@@ -29,7 +29,7 @@ from edgekit.runtime.manifest import Manifest, Quantization, TensorSpec, Validat
 from edgekit.inputs import InputOptions
 from edgekit.sources import ModelSpec, is_loaded, is_torchscript_module, load_model
 from edgekit.targets import Target, load_target
-from edgekit.validate import OutputKind, closed_loop, compare, declared_kinds, infer_kinds, verdict
+from edgekit.validate import LABELS_UNUSED, OutputKind, closed_loop, compare, declared_kinds, infer_kinds, verdict
 
 DEFAULT_TARGET = "tflite-int8"
 
@@ -356,8 +356,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         if k.kind == "state" and k.feeds not in spec.input_names:
             raise UsageError(f"--state feeds input {k.feeds!r}, which the model does not have", f"its inputs: {', '.join(spec.input_names)}")
     if vset.data.labels is not None and not any(k.kind == "class" for k in kinds):
-        shared.append("the validation data has labels, but no output is a class output, so they are unused: "
-                      "declare it with --output NAME=class")
+        shared.append(LABELS_UNUSED)
     if budget is not None:
         _class_index(kinds)  # before any conversion: the budget needs one class output
     from edgekit.lint import lint

@@ -61,7 +61,7 @@ class ModelSpec(HasInputs):
     @functools.cached_property
     def output_names(self) -> list[str]:
         """The factory's names when its `output_spec` names every output in order, else output / output_i."""
-        n = len(self.reference_outputs())
+        n = len(self._output_ndims)
         given = [d.get("name") for d in self.output_spec or () if isinstance(d, dict)]
         if len(given) == n and all(isinstance(g, str) and g for g in given) and len(set(given)) == n:
             return given

@@ -43,6 +43,7 @@ IDENTICAL_DB = 40.0  # outputs this close are numerically the same model: decisi
 CONFIDENT = 0.5  # class outputs: the reference's top-1 probability that makes a sample "confident"
 Z95 = 1.959964
 KINDS = OUTPUT_KINDS
+LABELS_UNUSED = "the data has labels, but no output is a class output, so they are unused: declare it with --output NAME=class"
 RANK = {"ok": 0, "warn": 1, "inconclusive": 2, "fail": 3}
 
 
@@ -341,7 +342,7 @@ def compare(ref: Sequence[np.ndarray], out: Sequence[np.ndarray], labels: np.nda
             m["accuracy"] = cls["accuracy"]["value"]
             m["reference_accuracy"] = cls["reference_accuracy"]["value"]
     elif labels is not None:
-        m["labels_unused"] = "the data has labels but no output is a declared or inferred class output (--output NAME=class)"
+        m["labels_unused"] = LABELS_UNUSED
     return m
 
 
@@ -533,5 +534,5 @@ def is_classifier(out: np.ndarray) -> bool:
     return out.ndim == 2 and out.shape[1] > 1
 
 
-__all__ = ["OutputKind", "closed_loop", "parse_output", "parse_state", "declared_kinds", "infer_kinds", "compare", "verdict", "wilson",
+__all__ = ["LABELS_UNUSED", "OutputKind", "closed_loop", "parse_output", "parse_state", "declared_kinds", "infer_kinds", "compare", "verdict", "wilson",
            "judge", "sqnr_db", "cosine", "softmax", "SQNR_CAP_DB", "KINDS"]

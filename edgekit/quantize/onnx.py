@@ -122,13 +122,12 @@ def _weight_only(src: Path, dst: Path, q: QuantSpec) -> dict:
             "note": "convolutions stay float: ONNX Runtime's 4-bit path covers MatMul"}
 
 
-def _overrides(src: Path, q: QuantSpec) -> tuple[list[str], list[str]]:
+def _overrides(nodes, q: QuantSpec) -> tuple[list[str], list[str]]:
     """Per-layer overrides (regexes over node names) -> (nodes kept float, output tensors made int16)."""
     import re
 
     if not q.overrides:
         return [], []
-    nodes = onnx.load(str(src), load_external_data=False).graph.node
     exclude: list[str] = []
     wide: list[str] = []
     for o in q.overrides:
@@ -175,15 +174,10 @@ def attention_float_nodes(model: onnx.ModelProto) -> dict[str, str]:
     the mask's Add), and every LayerNormalization of such a graph. Softmax's input spans the mask and its output
     is 0..1 with the information near 0; LayerNorm's inputs carry a few channels 10-100x the rest (the outliers
     SmoothQuant is about). Nodes without names get names, so they can be named."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    for i, n in enumerate(model.graph.node):
-        if not n.name:
-            n.name = f"edgekit_{n.op_type}_{i}"
-    keep: dict[str, str] = {}
+    from edgekit.census import node_links
+
+    producer, consumers = node_links(model.graph.node)
+    found: list[tuple] = []  # (node, why)
     for sm in (n for n in model.graph.node if n.op_type == "Softmax"):
         between, cur = [], producer.get(sm.input[0])
         while cur is not None and cur.op_type in ("Add", "Div", "Mul", "Where", "Sub") and len(between) < 4:
@@ -191,26 +185,30 @@ def attention_float_nodes(model: onnx.ModelProto) -> dict[str, str]:
             cur = next((producer[i] for i in cur.input if i in producer and producer[i].op_type != "Constant"), None)
         if cur is None or cur.op_type != "MatMul" or not any(c.op_type == "MatMul" for c in consumers.get(sm.output[0], [])):
             continue
-        keep[sm.name] = "attention softmax"
-        for b in between:
-            keep[b.name] = "attention scores (scale / mask) feeding a softmax"
-    if keep:
-        for n in model.graph.node:
-            if n.op_type == "LayerNormalization":
-                keep[n.name] = "layer norm in a transformer"
-                res = producer.get(n.input[0])
-                if res is not None and res.op_type == "Add":
-                    keep[res.name] = "residual sum feeding a layer norm (its outlier channels)"
-    return keep
+        found += [(sm, "attention softmax"), *[(b, "attention scores (scale / mask) feeding a softmax") for b in between]]
+    if not found:
+        return {}
+    for n in model.graph.node:
+        if n.op_type == "LayerNormalization":
+            found.append((n, "layer norm in a transformer"))
+            res = producer.get(n.input[0])
+            if res is not None and res.op_type == "Add":
+                found.append((res, "residual sum feeding a layer norm (its outlier channels)"))
+    for i, n in enumerate(model.graph.node):  # named only in a graph that is changed (and saved)
+        if not n.name:
+            n.name = f"edgekit_{n.op_type}_{i}"
+    return {n.name: why for n, why in found}
 
 
 def transformer_wide_tensors(model: onnx.ModelProto) -> dict[str, str]:
     """Activations given 16 bits in a transformer's static int8 graph, with the reason: the outputs of the
     projections that write into the residual stream (a Gemm/MatMul, through reshapes, into the Add before a layer
     norm), whose few outlier channels are 10-100x the rest. On all-MiniLM-L6-v2 (held-out sentences) int8 gave
-    mean cosine 0.948 with them at 8 bits and 0.990 with the feed-forward ones at 16; every other activation stays
-    8-bit. Asked only of graphs with attention (attention_float_nodes)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    mean cosine 0.948 with them at 8 bits and 0.9905 with them at 16; every other activation stays 8-bit. Asked
+    only of graphs with attention (attention_float_nodes)."""
+    from edgekit.census import node_links
+
+    producer, _ = node_links(model.graph.node)
     wide: dict[str, str] = {}
     for ln in (n for n in model.graph.node if n.op_type == "LayerNormalization"):
         res = producer.get(ln.input[0])
@@ -234,17 +232,19 @@ def _ort_op_types(q: QuantSpec) -> list[str]:
     return list(q.op_types) or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def searched_ranges(src: Path, q: QuantSpec, samples: Iterable[dict], work: Path, grid) -> tuple[Path, dict]:
+def searched_ranges(src: Path, model: onnx.ModelProto, q: QuantSpec, samples: Iterable[dict], work: Path) -> tuple[Path, dict]:
     """One pass of ONNX Runtime's histogram collector over the calibration samples, then each tensor's range
     chosen by edgekit.quantize.ranges (least expected int8 error among min/max, percentiles and clips), written
-    as ONNX Runtime's calibration table for quantize_static to use as it is. Returns the table and a summary of
-    the rules chosen (counted per rule: the manifest keeps it)."""
+    as ONNX Runtime's calibration table for quantize_static to use as it is, on the grid of the target's activation
+    type. `model` is `src` loaded. Returns the table and a summary of the rules chosen (counted per rule: the
+    manifest keeps it)."""
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
     from edgekit.quantize import ranges
 
-    model = onnx.load(str(src), load_external_data=False)
+    info = np.iinfo(q.activation_type)
+    grid = ranges.Grid(int(info.min), int(info.max))
     softmax_inputs = {n.input[0] for n in model.graph.node if n.op_type == "Softmax" and n.input}
     cal = create_calibrator(src, _ort_op_types(q), augmented_model_path=str(work / "ranges-augmented.onnx"),
                             calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": ranges.BINS, "symmetric": False})
@@ -285,16 +285,16 @@ def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None,
         extra = {"CalibTensorRangeSymmetric": False}
         if q.activation_bits == 16 or q.activation_type.endswith("16"):
             extra["UseQDQContribOps"] = True
+        # static from here on
+        model = onnx.load(str(src))
         transformer: dict = {}
-        if q.mode == "static":
-            model = onnx.load(str(src))
-            masks, attention = finite_masks(model), attention_float_nodes(model)
-            gelu = transformer_wide_tensors(model) if attention else {}
-            if masks or attention:
-                src = work / "static-src.onnx"
-                onnx.save(model, str(src))
-                transformer = {"finite_masks": masks, "attention_float_nodes": attention, "transformer_int16_tensors": gelu}
-        exclude, wide = _overrides(src, q)
+        masks, attention = finite_masks(model), attention_float_nodes(model)
+        if masks or attention:
+            src = work / "static-src.onnx"
+            onnx.save(model, str(src))
+            transformer = {"finite_masks": masks, "attention_float_nodes": attention,
+                           "transformer_int16_tensors": transformer_wide_tensors(model) if attention else {}}
+        exclude, wide = _overrides(model.graph.node, q)
         exclude = [*exclude, *[n for n in transformer.get("attention_float_nodes", {}) if n not in exclude]]
         wide = [*wide, *[t for t in transformer.get("transformer_int16_tensors", {}) if t not in wide]]
         if wide:  # per-layer int16: the layers' output tensors get 16-bit Q/DQ (ONNX Runtime's mixed precision, opset 21 Q/DQ)
@@ -303,11 +303,7 @@ def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None,
         searched: dict = {}
         reader, method, cache = SampleReader(samples or []), methods.get(q.calib_method), None
         if q.calib_method == "search":
-            from edgekit.quantize.ranges import Grid
-
-            signed = q.activation_type == "int8"
-            grid = Grid(-128, 127) if signed else Grid(0, 255)
-            cache, searched = searched_ranges(src, q, samples or [], work, grid)
+            cache, searched = searched_ranges(src, model, q, samples or [], work)
             reader, method = None, CalibrationMethod.MinMax
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
                         per_channel=q.per_channel, reduce_range=reduce_range, activation_type=act,
