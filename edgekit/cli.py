@@ -273,17 +273,19 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
 
 
 def _print_budget(target: str, b: dict) -> None:
+    timed = any(st.get("latency_ms") is not None for st in b["steps"])
     t = table(f"{target}: accuracy budget {b['max_drop_points']} points of {b['metric']} on {b['samples']} samples "
               f"(float model {b['reference']:.2%})",
               [(col, {"justify": "left" if col.startswith("moved") else "right"})
-               for col in ("step", "moved to int16 / float", b["metric"], "drop (points)", "size", "s")])
+               for col in ("step", "moved to int16 / float", b["metric"], "drop (points)", "size", "s", *(("latency (ms)",) if timed else ()))])
     for i, st in enumerate(b["steps"]):
         moved = ", ".join(f"{o['note'].split(':')[0]}→{o['precision']}" for o in st["moved"]) or "- (full int8)"
         step = line(str(i), (" ✓ chosen", "green")) if i == b["chosen"] else str(i)
-        row(t, step, moved, f"{st['metric']:.2%}", f"{st['drop_points']:.2f}", _kib(st["size_bytes"]), f"{st['seconds']:.1f}")
+        lat = (f"{st['latency_ms']:.3f}" if st.get("latency_ms") is not None else "-",) if timed else ()
+        row(t, step, moved, f"{st['metric']:.2%}", f"{st['drop_points']:.2f}", _kib(st["size_bytes"]), f"{st['seconds']:.1f}", *lat)
     OUT.print(t)
     verdict = ("met", "green") if b["met"] else ("not met", "red")
-    say(OUT, "budget ", verdict, "" if b["met"] else f" ({b['reason']})",
+    say(OUT, "budget ", verdict, f" ({b['reason']})" if b["reason"] != "within budget" else "",
         "; re-apply these moves without searching: edgekit convert MODEL --target <this artifact folder>")
 
 

@@ -160,7 +160,7 @@ def _budget(spec: ModelSpec, tgts: Sequence[Target], val: CalibrationData, max_d
     ds = val if data is None else load_calibration(data, spec.input_names, spec.input_shapes, split="test", spec_name=calib_spec,
                                                     labels_key=labels_key, inputs=spec.inputs)
     if ds.labels is None:
-        warnings.append(f"{ds.source} has no labels: the accuracy budget is measured as top-1 agreement with the float model")
+        warnings.append(f"{ds.source} has no labels: the accuracy budget is measured against the float model (top-1 agreement for a class output)")
     if len(ds) < 500:
         warnings.append(f"the accuracy budget is measured on {len(ds)} samples: one sample is {100 / len(ds):.2f} points; "
                         "pass --data with more labelled samples for a budget you can trust")
@@ -223,7 +223,7 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, vs
         budget_report = None
         if budget is not None:
             recipe, in_layouts, out_layouts, tgt, budget_report = _build_within(spec, tgt, calib, channels_last, model_file, work, stages,
-                                                                                budget, _class_index(kinds))
+                                                                                budget, *_budget_output(kinds))
         else:
             recipe, in_layouts, out_layouts = build(spec, tgt, calib, channels_last, model_file, work, stages)
         backend = open_backend(model_file)
@@ -277,23 +277,29 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, vs
     return Artifact(dest, manifest)
 
 
-def _class_index(kinds: list[OutputKind]) -> int:
-    """The output the accuracy budget is measured on: the class output (declared or inferred)."""
-    found = [i for i, k in enumerate(kinds) if k.kind == "class"]
-    if len(found) != 1:
-        raise UsageError("--max-accuracy-drop is measured on one class output; "
-                         + ("the model has none" if not found else f"the model has {len(found)}"),
-                         "declare it: --output NAME=class (and no other class output)")
-    return found[0]
+def _budget_output(kinds: list[OutputKind]) -> tuple[int, str]:
+    """The output the accuracy budget is measured on, and its kind: the class output (declared or inferred), else
+    the embedding, else the only output (measured by its relative error; see edgekit.budget)."""
+    for kind in ("class", "embedding"):
+        found = [i for i, k in enumerate(kinds) if k.kind == kind]
+        if len(found) == 1:
+            return found[0], kind
+        if found:
+            raise UsageError(f"--max-accuracy-drop is measured on one output; the model has {len(found)} {kind} outputs",
+                             f"declare one of them: --output NAME={kind} and the others --output NAME=tensors")
+    if len(kinds) != 1:
+        raise UsageError(f"--max-accuracy-drop is measured on one output; the model has {len(kinds)} and none is a class or embedding output",
+                         "declare the one to budget: --output NAME=class|embedding")
+    return 0, "tensors"
 
 
 def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels_last: bool, model_file: Path,
-                  work: Path, stages: Stages, budget, out_index: int = 0) -> tuple:
+                  work: Path, stages: Stages, budget, out_index: int = 0, kind: str = "class") -> tuple:
     """_build under an accuracy budget (see edgekit.budget); also returns the target with its layer moves and the report."""
     from edgekit import budget as budget_search
     from edgekit.runtime import Model
 
-    fm = export_float(spec, tgt, channels_last, work, stages)
+    fm = export_float(spec, tgt, channels_last, work, stages, calib)
     data = budget.data
     with stages.stage("reference outputs"):
         ref = spec.outputs_for(data)[out_index]
@@ -308,7 +314,13 @@ def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels
             return Model(model_file.parent).run_batch(*(data.arrays[n] for n in spec.input_names))[out_index]
 
     diag = calib_samples(spec, fm, calib.take(slice(0, budget_search.DIAGNOSE_SAMPLES)))
-    final, report = budget_search.search(tgt, budget, ref, tgt.format, fm.path, quantize, model_file, diag, work, stages)
+    feed = [a[:1] for a in (data.arrays[n] for n in spec.input_names)]
+
+    def latency(folders: list[Path]) -> list[float]:
+        return budget_search.timed_in_turn([Model(f).run_batch for f in folders], feed)
+
+    final, report = budget_search.search(tgt, budget, ref, tgt.format, fm.path, quantize, model_file, diag, work, stages,
+                                         kind=kind, latency=latency)
     return ({**fm.recipe, "quantize": infos[report.chosen]}, fm.in_layouts, fm.out_layouts, final, report)
 
 
@@ -358,7 +370,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     if vset.data.labels is not None and not any(k.kind == "class" for k in kinds):
         shared.append(LABELS_UNUSED)
     if budget is not None:
-        _class_index(kinds)  # before any conversion: the budget needs one class output
+        _budget_output(kinds)  # before any conversion: the budget needs one output to measure
     from edgekit.lint import lint
 
     findings = {t.name: [str(f) for f in lint(spec, t)] for t in tgts}

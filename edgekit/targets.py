@@ -24,7 +24,7 @@ OVERRIDE_PRECISIONS = ("int16", "float")
 CALIB_METHODS = {
     "ort": ("minmax", "entropy", "percentile", "distribution", "search"),
     "pt2e": ("minmax", "histogram"),
-    "aeq": ("minmax", "moving-average"),
+    "aeq": ("minmax", "moving-average", "percentile", "search"),
     "none": (),
 }
 BACKENDS_BY_FORMAT = {"onnx": ("none", "ort"), "tflite": ("none", "aeq", "pt2e")}
@@ -55,6 +55,8 @@ class QuantSpec:
     op_types: tuple[str, ...] = ()  # ONNX Runtime: op types to quantize (empty = every supported op)
     block_size: int = 0  # weight_only: weights quantized in blocks of this many input elements (0 = per channel)
     overrides: tuple[LayerOverride, ...] = ()  # static: per-layer int16 / float fallback, applied in order
+    equalize: bool = False  # PyTorch sources: cross-layer equalization before export (edgekit.quantize.equalize)
+    bias_correction: bool = False  # PyTorch sources: empirical bias correction for the weights' rounding, on calibration data
 
     @property
     def needs_calibration(self) -> bool:
@@ -158,6 +160,12 @@ def _check(t: Target) -> None:
     if q.overrides and (q.mode != "static" or q.backend not in ("aeq", "ort")):
         raise TargetError(f"{t.source}: quantize.overrides apply to static int8 targets (ai-edge-quantizer or ONNX Runtime)",
                           "remove them, or start from tflite-int8 / onnx-int8")
+    if (q.equalize or q.bias_correction) and q.mode not in ("static", "dynamic", "weight_only"):
+        raise TargetError(f"{t.source}: quantize.equalize / bias_correction prepare weights for integer quantization; mode {q.mode!r} has none",
+                          "remove them, or start from an int8 target")
+    if q.bias_correction and not q.needs_calibration:
+        raise TargetError(f"{t.source}: quantize.bias_correction measures on calibration data, which mode {q.mode!r} does not take",
+                          "remove it, or use a static target")
     v = t.validation
     for key in ("top1_agreement", "cosine", "retrieval_agreement", "decision_agreement"):
         ok, warn = getattr(v, f"ok_{key}"), getattr(v, f"warn_{key}")

@@ -97,6 +97,12 @@ def test_budget_brings_int8_within_half_a_point(outlier_weights, fashion_calib, 
     assert b["met"] and b["samples"] == 10000 and b["metric"] == "accuracy"
     assert b["steps"][0]["moved"] == [] and b["steps"][0]["drop_points"] > 0.5
     assert any("features.4" in o["note"] for o in b["overrides"])
+    # latency counts: met with int16 layers, the same layers float are tried and the faster of the two is kept
+    timed = [st for st in b["steps"] if st["latency_ms"] is not None]
+    assert len(timed) == 2 or "stay int16" in b["reason"], b["reason"]
+    if timed:
+        assert b["steps"][b["chosen"]]["latency_ms"] == min(st["latency_ms"] for st in timed), b["steps"]
+        assert "ms float vs" in b["reason"] and "latency (ms)" in r.stdout
 
     # measured independently, on the full test split
     acc = _accuracy(out, fashion)

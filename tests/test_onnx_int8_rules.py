@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.quantize.onnx import MASK_VALUE, attention_float_nodes, finite_masks, transformer_wide_tensors
+from edgekit.quantize.onnx import MASK_VALUE, WHY_PROJECTION, attention_float_nodes, dynamic_projections, finite_masks, residual_projections
+from edgekit.targets import load_target
 
 
 def attention_graph() -> onnx.ModelProto:
@@ -63,9 +64,20 @@ def test_attention_softmax_mask_and_layer_norm_stay_float():
     assert {"mask_add", "scale_div", "ln", "residual"} <= set(keep) and not {"qk", "pv", "proj", "proj_bias"} & set(keep)
 
 
-def test_projections_into_the_residual_stream_get_16_bits():
-    """The projection's output (and its bias sum) that the residual Add takes: 16-bit activations; nothing else."""
-    assert set(transformer_wide_tensors(attention_graph())) == {"o", "ob"}
+def test_projections_into_the_residual_stream_are_quantized_dynamically(tmp_path):
+    """The projection the residual Add takes (through its bias Add) is found, and only it; ONNX Runtime's dynamic pass
+    makes it DynamicQuantizeLinear -> MatMulInteger, and its bias Add is handed back with it, so the static pass leaves
+    both alone. The graph still computes what it did."""
+    model = attention_graph()
+    assert residual_projections(model) == {"proj": WHY_PROJECTION}
+    x = np.random.default_rng(0).normal(size=(1, 4, 8)).astype(np.float32)
+    m = np.array([[[1, 1, 1, 0]]], np.float32)
+    before = run(model, x, m)
+    out, made = dynamic_projections(model, residual_projections(model), load_target("onnx-int8").quant, False, tmp_path)
+    types = {n.name: n.op_type for n in out.graph.node}
+    assert "MatMulInteger" in {types[n] for n in made} and "proj_bias" in made and "qk" not in made and "pv" not in made
+    assert set(made.values()) == {WHY_PROJECTION}
+    assert np.abs(run(out, x, m) - before).max() < 0.05
 
 
 def test_a_classifier_softmax_is_not_attention():

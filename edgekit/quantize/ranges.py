@@ -56,7 +56,7 @@ def expected_error(hist: np.ndarray, edges: np.ndarray, lo: np.ndarray, hi: np.n
     return err @ w
 
 
-def _percentile(hist: np.ndarray, edges: np.ndarray, tail: float) -> tuple[float, float]:
+def percentile(hist: np.ndarray, edges: np.ndarray, tail: float) -> tuple[float, float]:
     cdf = np.cumsum(hist) / max(float(hist.sum()), 1.0)
     lo_i = int(np.searchsorted(cdf, tail, side="left"))
     hi_i = int(np.searchsorted(cdf, 1.0 - tail, side="left"))
@@ -67,7 +67,7 @@ def candidates(hist: np.ndarray, edges: np.ndarray) -> list[tuple[float, float, 
     """(lo, hi, rule) for min/max, the tail percentiles and a grid of clips of either side."""
     lo, hi = float(edges[0]), float(edges[-1])
     out = [(lo, hi, "minmax")]
-    out += [(*_percentile(hist, edges, t), f"percentile {100 * (1 - t):g}") for t in TAILS]
+    out += [(*percentile(hist, edges, t), f"percentile {100 * (1 - t):g}") for t in TAILS]
     fracs = np.linspace(1.0, 0.05, GRID)
     out += [(lo * a, hi * b, "mse") for a in fracs for b in fracs if (a, b) != (1.0, 1.0)]
     return out

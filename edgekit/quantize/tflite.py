@@ -4,7 +4,11 @@ converted float model, or litert-torch's PT2E route (quantize in torch, then con
 ai-edge-quantizer's default calibration keeps a moving average of each tensor's min/max, which
 clips the tails (the output logits most of all). `calib_method = "minmax"` (the catalogue's
 default) keeps the true running min/max instead, through the same Calibrator with its
-`min_max_update` rule."""
+`min_max_update` rule. `percentile` and `search` edit that calibration result per tensor before quantizing (the
+ranges of edgekit.quantize.ranges, from histograms of every activation on the calibration samples). On
+EfficientNet-Lite0 (64 calibration photos, 256 held-out, top-1 agreement with PyTorch) they did not pay: min/max
+0.902, percentile 99.999 0.906 (one photo), 99.99 0.867, 99.9 0.559, per-tensor search 0.883, so min/max stays the
+default."""
 
 from __future__ import annotations
 
@@ -59,6 +63,14 @@ def quantize_aeq(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | N
     from ai_edge_quantizer.utils import qsv_utils
 
     recipe = aeq_recipe(q)
+    chosen: dict = {}
+    rules = []
+    if q.mode == "static":  # transformers: attention / norms / residual sums float, projections dynamic; embedding tables int8
+        from edgekit.quantize import tflite_rules
+
+        rules = tflite_rules.transformer_rules(src) + tflite_rules.embedding_rules(src)
+        # after the global rule, before the target's own overrides (the last matching rule wins)
+        recipe = recipe[:1] + tflite_rules.recipe_rules(rules, q) + recipe[1:]
     try:
         qz = aeq.Quantizer(str(src), recipe)
         qsvs = None
@@ -66,10 +78,12 @@ def quantize_aeq(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | N
             feed = [{rn: np.asarray(s[k]) for rn, k in zip(runtime_names, s)} for s in (samples or [])]
             if not feed:
                 raise ConversionError("static quantization needs calibration samples", "pass --calib")
-            update = qsv_utils.min_max_update if q.calib_method == "minmax" else qsv_utils.moving_average_update
+            update = qsv_utils.moving_average_update if q.calib_method == "moving-average" else qsv_utils.min_max_update
             cal = calibrator.Calibrator(src.read_bytes(), num_threads=1, qsv_update_func=update)
             cal.calibrate({"serving_default": feed}, qz._recipe_manager)
             qsvs = cal.get_model_qsvs()
+            if q.calib_method in ("percentile", "search"):
+                qsvs, chosen = _chosen_ranges(src, qsvs, feed, q)
         result = qz.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
         dst.write_bytes(bytes(result.quantized_model))
     except ConversionError:
@@ -77,7 +91,49 @@ def quantize_aeq(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | N
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:240]
         raise ConversionError(f"ai-edge-quantizer failed: {type(exc).__name__}: {first}", "run with --debug for the log") from exc
-    return {"tool": "ai-edge-quantizer", "recipe": recipe, "calib_method": q.calib_method if q.needs_calibration else None}
+    from edgekit.quantize import tflite_rules
+
+    return {"tool": "ai-edge-quantizer", "recipe": recipe, "calib_method": q.calib_method if q.needs_calibration else None, **chosen,
+            **({"precision_rules": tflite_rules.summary(rules)} if rules else {})}
+
+
+PERCENTILE_TAIL = 1e-5  # `percentile`: 99.999% of each tensor's calibration values kept (ONNX Runtime's default)
+
+
+def _chosen_ranges(src: Path, qsvs: dict, feed: list[dict], q: QuantSpec) -> tuple[dict, dict]:
+    """Each activation's min/max replaced by a range chosen on its histogram over the calibration samples (2048
+    bins between the min/max calibration found): the 99.999th percentile on either side, or the least expected
+    error on the activation grid (`search`; a softmax input floored 30 below its max). Returns the edited table and
+    the rules chosen, counted, for the manifest."""
+    from ai_edge_quantizer.utils import tfl_interpreter_utils as tiu
+
+    from edgekit.quantize import ranges
+
+    interp = tiu.create_tfl_interpreter(src.read_bytes(), use_xnnpack=True, num_threads=1, preserve_all_tensors=True)
+    key = next(iter(interp.get_signature_list()))
+    sub = tiu.get_signature_main_subgraph_index(interp, key)
+    names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
+    softmax_inputs = {names.get(op["inputs"][0]) for op in interp._get_ops_details() if op["op_name"] == "SOFTMAX" and len(op["inputs"])}
+    hists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for sample in feed:
+        tiu.invoke_interpreter_signature(interp, sample, key)
+        content = tiu.get_tensor_name_to_content_map(interp, sub)
+        for name, qsv in qsvs.items():
+            lo, hi = float(np.min(qsv["min"])), float(np.max(qsv["max"]))
+            if name not in content or not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+                continue
+            h, e = np.histogram(np.asarray(content[name], np.float64), bins=ranges.BINS, range=(lo, hi))
+            hists[name] = (hists[name][0] + h, e) if name in hists else (h.astype(np.float64), e)
+    grid = ranges.Grid(-(2 ** (q.activation_bits - 1)), 2 ** (q.activation_bits - 1) - 1, symmetric=q.activation_bits == 16)
+    out, rules = dict(qsvs), {}
+    for name, (h, e) in hists.items():
+        if q.calib_method == "search":
+            lo, hi, rule = ranges.choose(h, e, grid, feeds_softmax=name in softmax_inputs)
+        else:
+            (lo, hi), rule = ranges.percentile(h, e, PERCENTILE_TAIL), f"percentile {100 * (1 - PERCENTILE_TAIL):g}"
+        out[name] = {**qsvs[name], "min": np.full_like(qsvs[name]["min"], lo), "max": np.full_like(qsvs[name]["max"], hi)}
+        rules[rule] = rules.get(rule, 0) + 1
+    return out, {"range_choice": q.calib_method, "tensors": len(hists), "rules": dict(sorted(rules.items(), key=lambda kv: -kv[1]))}
 
 
 def write_recipe(recipe: dict, path: Path) -> None:
