@@ -44,7 +44,7 @@ class AccuracyBudget:
     budget_s: float = 600.0  # stop searching after this many seconds
 
 
-POINT = {"accuracy": "top-1 accuracy", "agreement": "top-1 agreement with the float model",
+POINT = {"accuracy": "1% of top-1 accuracy", "agreement": "1% of top-1 agreement with the float model",
          "cosine": "0.01 of mean cosine with the float model", "fidelity": "1% of relative RMS error against the float model"}
 
 
