@@ -331,14 +331,17 @@ def next_move(layer: LayerError, by_name: dict[str, LayerError], fmt: str):
     return None
 
 
-def _float_twin(art, spec, work: Path):
+def _float_twin(art, spec, work: Path, data=None):
+    """The float model the artifact was quantized from, in its format. A target that corrects biases
+    (bias_correction) re-derives the correction from `data`: with the calibration data the twin is the one
+    converted (a twin with the original biases would show every corrected layer as adding error)."""
     from edgekit._util import Stages
     from edgekit.build import export_float
     from edgekit.targets import load_target
 
     tgt = load_target(art.path)
     channels_last = any(i.layout == "NHWC" for i in art.manifest.inputs)
-    return export_float(spec, tgt, channels_last, work, Stages(None))
+    return export_float(spec, tgt, channels_last, work, Stages(None), data)
 
 
 def layer_errors(fmt: str, float_path: Path, quant_path: Path, samples: list[dict], work: Path, per_channel: bool = True) -> list[LayerError]:
@@ -382,7 +385,7 @@ def diagnose(artifact: str | Path, *, model=None, weights=None, data=None, sampl
     ds = load_calibration(source, spec.input_names, spec.input_shapes, split=split, spec_name=data_spec, inputs=spec.inputs).take(slice(0, samples))
     work = Path(work_dir("diagnose"))
     try:
-        fm = _float_twin(art, spec, work)
+        fm = _float_twin(art, spec, work, ds)
         feed = calib_samples(spec, fm, ds)
         layers = layer_errors(art.manifest.format, fm.path, art.model_path, feed, work, q.get("per_channel", True))
     finally:
