@@ -4,6 +4,7 @@ quantize_dynamic, and the float16 converter."""
 from __future__ import annotations
 
 import platform
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -294,15 +295,15 @@ def searched_ranges(src: Path, model: onnx.ModelProto, q: QuantSpec, samples: It
     cal = create_calibrator(src, _ort_op_types(q), augmented_model_path=str(work / "ranges-augmented.onnx"),
                             calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": ranges.BINS, "symmetric": False})
     cal.collect_data(SampleReader(samples))
-    table, rules = {}, {}
+    table, rules = {}, Counter()
     for name, (hist, edges, *_rest) in cal.collector.histogram_dict.items():
         lo, hi, rule = ranges.choose(hist, edges, grid, feeds_softmax=name in softmax_inputs)
         table[name] = (np.array(lo, np.float32), np.array(hi, np.float32))
-        rules[rule] = rules.get(rule, 0) + 1
+        rules[rule] += 1
     path = work / "ranges.json"
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, table), str(path))
     return path, {"range_search": "per tensor, least expected int8 error over the calibration histogram",
-                  "tensors": len(table), "rules": dict(sorted(rules.items(), key=lambda kv: -kv[1]))}
+                  "tensors": len(table), "rules": dict(rules.most_common())}
 
 
 def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None, work: Path) -> dict:

@@ -13,12 +13,14 @@ default."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.errors import ConversionError
+from edgekit.quantize import tflite_rules
 from edgekit.targets import QuantSpec
 
 
@@ -66,9 +68,7 @@ def quantize_aeq(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | N
     chosen: dict = {}
     rules = []
     if q.mode == "static":  # transformers: attention / norms / residual sums float, projections dynamic; embedding tables int8
-        from edgekit.quantize import tflite_rules
-
-        rules = tflite_rules.transformer_rules(src) + tflite_rules.embedding_rules(src)
+        rules = tflite_rules.static_rules(src)
         # after the global rule, before the target's own overrides (the last matching rule wins)
         recipe = recipe[:1] + tflite_rules.recipe_rules(rules, q) + recipe[1:]
     try:
@@ -91,8 +91,6 @@ def quantize_aeq(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | N
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:240]
         raise ConversionError(f"ai-edge-quantizer failed: {type(exc).__name__}: {first}", "run with --debug for the log") from exc
-    from edgekit.quantize import tflite_rules
-
     return {"tool": "ai-edge-quantizer", "recipe": recipe, "calib_method": q.calib_method if q.needs_calibration else None, **chosen,
             **({"precision_rules": tflite_rules.summary(rules)} if rules else {})}
 
@@ -125,15 +123,15 @@ def _chosen_ranges(src: Path, qsvs: dict, feed: list[dict], q: QuantSpec) -> tup
             h, e = np.histogram(np.asarray(content[name], np.float64), bins=ranges.BINS, range=(lo, hi))
             hists[name] = (hists[name][0] + h, e) if name in hists else (h.astype(np.float64), e)
     grid = ranges.Grid(-(2 ** (q.activation_bits - 1)), 2 ** (q.activation_bits - 1) - 1, symmetric=q.activation_bits == 16)
-    out, rules = dict(qsvs), {}
+    out, rules = dict(qsvs), Counter()
     for name, (h, e) in hists.items():
         if q.calib_method == "search":
             lo, hi, rule = ranges.choose(h, e, grid, feeds_softmax=name in softmax_inputs)
         else:
             (lo, hi), rule = ranges.percentile(h, e, PERCENTILE_TAIL), f"percentile {100 * (1 - PERCENTILE_TAIL):g}"
         out[name] = {**qsvs[name], "min": np.full_like(qsvs[name]["min"], lo), "max": np.full_like(qsvs[name]["max"], hi)}
-        rules[rule] = rules.get(rule, 0) + 1
-    return out, {"range_choice": q.calib_method, "tensors": len(hists), "rules": dict(sorted(rules.items(), key=lambda kv: -kv[1]))}
+        rules[rule] += 1
+    return out, {"range_choice": q.calib_method, "tensors": len(hists), "rules": dict(rules.most_common())}
 
 
 def write_recipe(recipe: dict, path: Path) -> None:

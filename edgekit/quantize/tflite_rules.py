@@ -336,7 +336,7 @@ def _rule(ops, precision: str, reason: str) -> Rule:
     return Rule(_regex(ops), precision, reason, tuple(o.name for o in ops), tuple(o.scope for o in ops))
 
 
-def transformer_rules(tflite_path, projections: str = DYNAMIC, gelu: str = "") -> list[Rule]:
+def transformer_rules(tflite_path, projections: str = DYNAMIC, gelu: str = "", graph: Graph | None = None) -> list[Rule]:
     """Rules for the float .tflite at `tflite_path` (subgraph 0), in graph order of kind; [] without attention.
 
     One rule per group: the attention mask's ops, each attention block (softmax + its scale / mask ops), each norm
@@ -346,7 +346,7 @@ def transformer_rules(tflite_path, projections: str = DYNAMIC, gelu: str = "") -
     for value in (projections, gelu):
         if value and value not in PRECISIONS:
             raise ValueError(f"precision {value!r}: use one of {PRECISIONS}")
-    g = read_graph(tflite_path)
+    g = graph or read_graph(tflite_path)
     blocks = attention_blocks(g)
     if not blocks:
         return []
@@ -384,11 +384,18 @@ WHY_EMBEDDING = ("embedding table: int8 weights, the looked-up rows dequantized 
                  "EMBEDDING_LOOKUP float: MiniLM's 44.7 MiB word table; with this rule 55.9 -> 22.7 MiB, cosine 0.9908)")
 
 
-def embedding_rules(tflite_path) -> list[Rule]:
+def embedding_rules(tflite_path, graph: Graph | None = None) -> list[Rule]:
     """EMBEDDING_LOOKUP ops (any model): their tables stored int8 (dynamic: the rows they return are float)."""
-    g = read_graph(tflite_path)
+    g = graph or read_graph(tflite_path)
     ops = [o for o in g.ops if o.type == "EMBEDDING_LOOKUP" and o.scope]
     return [_rule(ops, DYNAMIC, WHY_EMBEDDING)] if ops else []
+
+
+def static_rules(tflite_path) -> list[Rule]:
+    """Every rule a static int8 target applies to this float .tflite (transformer_rules, then embedding_rules),
+    from one read of the file."""
+    g = read_graph(tflite_path)
+    return transformer_rules(tflite_path, graph=g) + embedding_rules(tflite_path, graph=g)
 
 
 def recipe_rules(rules: list[Rule], q) -> list[dict]:
