@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from edgekit.export.tflite import convert
-from edgekit.quantize.tflite_rules import (DYNAMIC, FLOAT, WHY_MASK, WHY_NORM, WHY_PROJECTION, WHY_RESIDUAL, read_graph,
-                                           recipe_rules, summary, transformer_rules)
+from edgekit.quantize.tflite_rules import (DYNAMIC, FLOAT, WHY_GELU, WHY_MASK, WHY_NORM, WHY_PROJECTION, WHY_RESIDUAL,
+                                           read_graph, recipe_rules, summary, transformer_rules)
 from edgekit.targets import QuantSpec
 
 T, D, H = 8, 16, 2
@@ -81,6 +81,40 @@ def run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
     return (y - zero) * scale if scale else y
 
 
+def undelegated(path: Path) -> dict[str, int]:
+    """Op types LiteRT runs outside its default XNNPACK delegate (one thread), counted.
+
+    The interpreter lists every node, the replaced ones too, then one DELEGATE node per partition. A tensor a DELEGATE
+    node produces had its producer replaced; a node is replaced, too, when all its outputs go only to replaced nodes and
+    no DELEGATE node or graph output takes them (fixed point). What is left runs on the builtin kernels."""
+    from collections import Counter
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    ops = it._get_ops_details()
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    nodes = [o for o in ops if o["op_name"] != "DELEGATE"]
+    made = {t for d in delegates for t in d["outputs"]}
+    kept = {t for d in delegates for t in d["inputs"]} | {d["index"] for d in it.get_output_details()}
+    takers: dict[int, list[int]] = {}
+    for o in nodes:
+        for t in o["inputs"]:
+            takers.setdefault(t, []).append(o["index"])
+    replaced = {o["index"] for o in nodes if set(o["outputs"]) & made}
+    grew = True
+    while grew:
+        grew = False
+        for o in nodes:
+            if o["index"] in replaced or set(o["outputs"]) & kept:
+                continue
+            if all(takers.get(t) and set(takers[t]) <= replaced for t in o["outputs"]):
+                replaced.add(o["index"])
+                grew = True
+    return dict(Counter(o["op_name"] for o in nodes if o["index"] not in replaced))
+
+
 def aeq_scopes(path: Path) -> list[str]:
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
@@ -99,6 +133,7 @@ def test_block_rules_find_softmax_layer_norms_residuals_and_projections(block_tf
     attn = [r for r in rules if r.reason.startswith("attention softmax")]
     assert len(attn) == 1 and attn[0].precision == FLOAT
     assert "SOFTMAX" in types(attn) and "ADD" in types(attn) and "MUL" in types(attn)  # the mask ADD, the scale MUL
+    assert types(attn).count("BATCH_MATMUL") == 2  # Q.K^T and weights.V: XNNPACK takes no int8 BATCH_MATMUL
     assert set(types(kinds[WHY_MASK])) <= {"SUB", "MUL", "CAST", "SELECT_V2", "RESHAPE", "ADD"}  # (1 - m) * finfo.min
     norms = kinds[WHY_NORM]
     assert len(norms) == 2 and all(r.precision == FLOAT for r in norms)
@@ -110,10 +145,12 @@ def test_block_rules_find_softmax_layer_norms_residuals_and_projections(block_tf
     assert types(proj) == ["FULLY_CONNECTED", "FULLY_CONNECTED"] and all(r.precision == DYNAMIC for r in proj)
     fcs = [o for o in g.ops if o.type == "FULLY_CONNECTED"]
     assert len(fcs) == 6
-    # every op in one rule at most, and no FC / GELU / BATCH_MATMUL kept float
+    assert types(kinds[WHY_GELU]) == ["GELU"] and kinds[WHY_GELU][0].precision == FLOAT
+    # every op in one rule at most; every FC keeps int8 weights (q, k, v, ff1 static, o and ff2 dynamic)
     covered = [o for r in rules for o in r.ops]
     assert len(covered) == len(set(covered))
-    assert not {o.split("#")[0] for r in rules if r.precision == FLOAT for o in r.ops} & {"FULLY_CONNECTED", "GELU", "BATCH_MATMUL"}
+    assert "FULLY_CONNECTED" not in {o.split("#")[0] for r in rules if r.precision == FLOAT for o in r.ops}
+    assert transformer_rules(block_tflite, gelu="") == [r for r in rules if r.reason != WHY_GELU]
     # each regex matches exactly its ops' scopes, as ai-edge-quantizer computes them
     scopes = aeq_scopes(block_tflite)
     assert scopes == [o.scope for o in g.ops]
@@ -123,7 +160,9 @@ def test_block_rules_find_softmax_layer_norms_residuals_and_projections(block_tf
 
 
 def test_block_quantizes_with_the_rules(block_tflite, tmp_path):
-    """The rules as recipe entries: the softmax and layer norms run float, the projections hybrid, the rest int8."""
+    """The rules as recipe entries: the softmax, attention matmuls, GELU and layer norms run float, the projections
+    hybrid, the rest int8; and LiteRT's XNNPACK delegate takes every FULLY_CONNECTED, BATCH_MATMUL and GELU (an int8
+    BATCH_MATMUL of two activations, or an int8 GELU, would run outside it: with gelu="" the GELU does)."""
     import ai_edge_quantizer as aeq
     from ai_edge_litert.interpreter import Interpreter
 
@@ -147,9 +186,16 @@ def test_block_quantizes_with_the_rules(block_tflite, tmp_path):
         by_type.setdefault(op["op_name"], set()).add(np.dtype(dtypes[op["outputs"][0]]).name)
     assert by_type["SOFTMAX"] == {"float32"} and by_type["RSQRT"] == {"float32"}
     assert by_type["FULLY_CONNECTED"] == {"int8", "float32"}  # q, k, v, ff1 int8; o, ff2 hybrid (float output)
-    assert "int8" in by_type["BATCH_MATMUL"]
+    assert by_type["BATCH_MATMUL"] == {"float32"} and by_type["GELU"] == {"float32"}
+    assert not set(undelegated(path)) & {"FULLY_CONNECTED", "BATCH_MATMUL", "GELU", "SOFTMAX"}, undelegated(path)
     y, ref = run(path, feed[1]), run(block_tflite, feed[1])
     assert np.isfinite(y).all() and _cosine(y.reshape(1, -1), ref.reshape(1, -1))[0] > 0.9
+    # the check can fail: the int8 GELU of a recipe without the GELU rule runs on the builtin kernel
+    int8_gelu = aeq.Quantizer(str(block_tflite), recipe[:1] + recipe_rules(transformer_rules(block_tflite, gelu=""), q))
+    out = int8_gelu.quantize(int8_gelu.calibrate({"serving_default": feed}), enable_progress_bar=False,
+                             enable_progress_report=False)
+    (tmp_path / "gelu-int8.tflite").write_bytes(bytes(out.quantized_model))
+    assert undelegated(tmp_path / "gelu-int8.tflite").get("GELU") == 1
 
 
 def test_a_cnn_gets_no_rules(tmp_path):
