@@ -19,13 +19,15 @@ _LAZY = {
     "bench": ("edgekit.measure", "bench"),
     "bench_many": ("edgekit.measure", "bench_many"),
     "BenchResult": ("edgekit.measure", "BenchResult"),
+    "sweep": ("edgekit.lab", "sweep"),
+    "read_lab": ("edgekit.lab", "read_lab"),
 }
 
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name in ("sources", "runtime", "devices", "datasets", "calibration", "targets"):
+    if name in ("sources", "runtime", "devices", "datasets", "calibration", "targets", "lab"):
         import importlib
 
         return importlib.import_module(f"edgekit.{name}")

@@ -215,28 +215,22 @@ class _Progress:
 def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, input_dtypes,
             input_ranges, state_inputs, binds, output_kinds, states, weights, trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
     """Convert MODEL (file.py:factory, pkg.module:attr, TorchScript .pt/.jit/.ts, .pt2; default: the bundled digits CNN)."""
+    from edgekit.options import ConvertOptions
     from edgekit.pipeline import DEFAULT_TARGET, convert_many
-    from edgekit.inputs import parse_shapes
-    from edgekit.sources import load_model
 
     targets = list(targets) or [DEFAULT_TARGET]
     if out and len(targets) > 1:
         raise EdgekitError("--out names one artifact folder but several targets were given", "use --out-dir for several targets")
-    from edgekit.inputs import InputOptions
-
-    shapes, named = parse_shapes(input_shapes)
-    opts = InputOptions.from_cli(shapes, input_dtypes, input_ranges, state_inputs, binds, named_shapes=named)
-    from edgekit.validate import declared_kinds
-
-    declared = declared_kinds(output_kinds, states)
-    spec = load_model(model, weights=weights, trust_pickle=trust_pickle, inputs=opts)
+    opts = ConvertOptions(calib=calib, calib_samples=calib_samples, calib_method=calib_method, calib_spec=calib_spec, val_data=val_data,
+                          val_samples=val_samples, input_shape=input_shapes, input_dtype=input_dtypes, input_range=input_ranges,
+                          state_input=state_inputs, bind=binds, output=output_kinds, state=states, weights=weights,
+                          trust_pickle=trust_pickle, channels_last=channels_last, max_accuracy_drop=max_accuracy_drop,
+                          data=budget_data, labels_key=labels_key, budget_s=budget_s)
+    kwargs = opts.convert_kwargs()  # --output / --state are checked before the model loads
+    spec = opts.load(model)
     progress = _Progress(ERR, header=line((spec.source, "bold"), f" ({spec.num_params:,} parameters, inputs {'; '.join(i.describe() for i in spec.inputs)})"))
     try:
-        results = convert_many(spec, targets, out_dir=out, out_root=out_dir, calibration=calib, calib_samples=calib_samples,
-                               calib_method=calib_method, calib_spec=calib_spec, validation=val_data, val_samples=val_samples,
-                               channels_last=channels_last, progress=progress, lint_report=_print_lint,
-                               max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s,
-                               outputs=declared)
+        results = convert_many(spec, targets, out_dir=out, out_root=out_dir, progress=progress, lint_report=_print_lint, **kwargs)
     finally:
         progress.stop()
     if len(results) == 1 and results[0].error is not None:
@@ -498,6 +492,69 @@ def diagnose_cmd(artifact, data, samples, model, weights, data_spec, top, json_p
     elif d.layers:
         say(OUT, f"no layer stands out: the worst keeps {d.layers[0].sqnr_out_db:.1f} dB with no known cause; nothing to change")
     _write_json(json_path, {"command": "diagnose", **d.to_json()})
+
+
+@cli.command("sweep")
+@click.argument("lab", metavar="LAB.toml")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Run on a Ray cluster: HOST:PORT, ray://HOST:10001 or auto (RAY_ADDRESS, else the head on this host). "
+                   "[default: a process pool on this host]")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local pool: cells run at once.")
+@click.option("--force", "force", multiple=True, metavar="PATTERN",
+              help="Redo the cells whose id matches, e.g. 'digits/*' or '*@pixel' (ids: MODEL/TARGET[@DEVICE[:eval]]); repeatable.")
+@click.option("--html", "html_path", type=OUTPUT_FILE, help="Also write the report card (edgekit report) of the sweep here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write every cell's result here.")
+def sweep_cmd(lab, ray_address, workers, force, html_path, json_path):
+    """Run LAB.toml's models x targets x devices: convert, then bench / eval each artifact on each device.
+
+    Results are kept in the lab's out folder by content: a re-run does only cells whose inputs changed (or --force);
+    `edgekit report OUT` reads them. Exit 0 when every cell is ok, 4 when a cell failed or an artifact's verdict is
+    fail, 5 when the infrastructure failed a cell after its retries.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgekit.lab import LocalExecutor, RayExecutor, read_lab, sweep
+
+    plan = read_lab(lab)
+    executor = RayExecutor(ray_address) if ray_address else LocalExecutor(workers)
+    marks = {"ok": ("✓", "green"), "failed": ("✗", "red"), "error": ("✗", "red"), "skipped": ("-", "yellow")}
+    with Progress(TextColumn("sweep", style="bold"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=ERR, transient=True, disable=not ERR.is_terminal) as bar:
+        task = bar.add_task("", total=len(plan.cells()))
+
+        def progress(event, item, counts):
+            on = "; ".join(f"{d}: {c}" for d, c in sorted(counts["devices"].items()))
+            bar.update(task, completed=counts["done"], description=f"{counts['running']} running, {counts['cached']} cached, "
+                                                                   f"{counts['failed']} failed" + (f" | {on}" if on else ""))
+            if event == "done" and not item.cached:
+                mark = marks.get(item.status, ("?", ""))
+                if item.verdict == "fail":
+                    mark = ("✗", "red")
+                bar.console.print(line("  ", mark, " ", (f"{item.cell.id:<40}", "bold"), f" {item.seconds:7.1f} s",
+                                       f"  {item.status}" + (f": {item.error}" if item.error else ""), one_line=True),
+                                  soft_wrap=True, highlight=False)
+
+        results = sweep(plan, executor, tuple(force), progress)
+    t = table(f"edgekit sweep: {lab}", [(col, {"justify": "right" if col in ("size", "p50 ms", "metric") else "left", "overflow": "fold"})
+                                        for col in ("cell", "status", "verdict", "size", "p50 ms", "metric", "error")])
+    for r in results:
+        status = text(r.status, "green" if r.status == "ok" else "red" if r.status in ("failed", "error") else "yellow")
+        row(t, r.cell.id, status, r.verdict or "-", _kib(r.size_bytes) if r.size_bytes else "-", _ms(r.p50_ms), r.metric or "-",
+            r.error[:80] if r.error else "")
+    OUT.print(t)
+    cached = sum(r.cached for r in results)
+    say(ERR, f"{len(results)} cells: {len(results) - cached} run, {cached} from the store ({plan.out})")
+    _write_json(json_path, {"command": "sweep", "lab": str(lab), "out": plan.out, "executor": executor.name,
+                            "results": [r.to_json() for r in results]})
+    if html_path:
+        from edgekit.report import collect
+
+        collect([plan.out]).write(html=html_path, markdown=None)
+        say(ERR, f"wrote {html_path}")
+    if any(r.status == "error" for r in results):
+        sys.exit(5)
+    if any(r.bad for r in results):
+        sys.exit(4)
 
 
 @cli.command()
