@@ -37,6 +37,7 @@ class CalibrationData:
     classes: list[str] | None = None  # class names, when the source has them
     unbatched: frozenset = frozenset()  # inputs whose samples are whole tensors (state): one per model call
     sequence: np.ndarray | None = None  # streaming data: which sequence each sample belongs to (samples in time order)
+    preprocess: dict | None = None  # images read through a spec: its ImagePreprocess.to_dict() (the manifest keeps it)
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -44,7 +45,7 @@ class CalibrationData:
     def take(self, idx: slice | np.ndarray) -> "CalibrationData":
         return CalibrationData(self.source, {k: v[idx] for k, v in self.arrays.items()},
                                None if self.labels is None else self.labels[idx], self.synthetic, list(self.notes),
-                               self.classes, self.unbatched, None if self.sequence is None else self.sequence[idx])
+                               self.classes, self.unbatched, None if self.sequence is None else self.sequence[idx], self.preprocess)
 
     def sequences(self) -> list[np.ndarray]:
         """Sample indices of each sequence, in time order (one sequence of everything when none are marked)."""
@@ -89,35 +90,27 @@ def load_spec(name_or_path: str) -> dict:
 # ---------------------------------------------------------------- readers
 
 def _read_images(folder: Path, files: list[Path], spec: dict) -> np.ndarray:
+    """Every file through the spec's preprocessing (edgekit.runtime.preprocess: the same code the runtime uses), each
+    image first converted to the spec's colour."""
     from PIL import Image
 
-    color = spec.get("color", "RGB")
-    resize, crop = spec.get("resize"), spec.get("crop")
-    scale = float(spec.get("scale", 1 / 255))
-    mean = np.asarray(spec.get("mean", [0.0]), np.float32)
-    std = np.asarray(spec.get("std", [1.0]), np.float32)
+    pre = image_preprocess(spec)
     out = []
     for f in files:
         try:
             with Image.open(f) as im:
-                im = im.convert(color)
-                if resize:  # shorter side to `resize`, keeping the aspect ratio
-                    w, h = im.size
-                    s = resize / min(w, h)
-                    im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
-                if crop:
-                    ch, cw = (crop, crop) if isinstance(crop, int) else crop
-                    w, h = im.size
-                    left, top = (w - cw) // 2, (h - ch) // 2
-                    im = im.crop((left, top, left + cw, top + ch))
-                a = np.asarray(im, np.float32)
+                a = pre.array(im.convert(pre.color))
         except Exception as exc:
             raise CalibrationError(f"cannot read image {f}: {exc}", "remove it from the calibration folder") from None
-        if a.ndim == 2:
-            a = a[..., None]
-        a = (a * scale - mean) / std
-        out.append(a.transpose(2, 0, 1) if spec.get("layout", "NCHW") == "NCHW" else a)
+        out.append(a)
     return np.stack(out).astype(np.float32)
+
+
+def image_preprocess(spec: dict):
+    """A calibration spec's image preprocessing (edgekit.runtime.preprocess.ImagePreprocess)."""
+    from edgekit.runtime.preprocess import ImagePreprocess
+
+    return ImagePreprocess.from_dict(spec, f"calibration spec {spec.get('_path', '?')}", CalibrationError)
 
 
 def _read_class_folders(folder: Path, input_names: Sequence[str], spec_name: str | None) -> CalibrationData | None:
@@ -137,6 +130,7 @@ def _read_class_folders(folder: Path, input_names: Sequence[str], spec_name: str
     data = CalibrationData(f"{folder} ({Path(spec['_path']).stem})", {input_names[0]: _read_images(folder, files, spec)},
                            np.asarray(labels, np.int64))
     data.classes = [d.name for d in classes]
+    data.preprocess = image_preprocess(spec).to_dict()
     return data
 
 
@@ -161,7 +155,8 @@ def _read_folder(folder: Path, input_names: Sequence[str], spec_name: str | None
             raise CalibrationError(f"{folder} holds images but no preprocessing spec was given",
                                    f"pass --calib-spec NAME (one of: {', '.join(list_specs())}) or a .toml path")
         spec = load_spec(spec_name)
-        return CalibrationData(f"{folder} ({Path(spec['_path']).stem})", {input_names[0]: _read_images(folder, images, spec)})
+        return CalibrationData(f"{folder} ({Path(spec['_path']).stem})", {input_names[0]: _read_images(folder, images, spec)},
+                               preprocess=image_preprocess(spec).to_dict())
     raise CalibrationError(f"no .npy files or images in {folder}", "put one .npy per sample, or images with --calib-spec")
 
 

@@ -208,12 +208,16 @@ class _Progress:
 @click.option("--data", "budget_data", metavar="SRC", help="Labelled data the accuracy budget is measured on (.npz, class folders, digits, fashion-mnist). [default: the validation samples]")
 @click.option("--labels-key", metavar="KEY", help="Name of the labels array in the --data .npz.")
 @click.option("--budget-s", type=click.FloatRange(1), default=600, show_default=True, help="Stop the accuracy-budget search after this many seconds.")
+@click.option("--preprocess", metavar="SPEC", help="The image preprocessing apps must apply (calibration/*.toml name or path), kept in the manifest "
+                   "for runtime Model.preprocess / classify. [default: --calib-spec when calibrating on an image folder]")
+@click.option("--labels", metavar="FILE", help="Class labels, one per line in index order, kept in the manifest. [default: the class folders' names]")
 @click.option("--out", "out", type=click.Path(), help="Artifact folder (one target). [default: out/<model>-<target>]")
 @click.option("--out-dir", type=click.Path(), default="out", show_default=True, help="Parent folder for artifacts.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the machine-readable result here.")
 @click.pass_context
 def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, input_dtypes,
-            input_ranges, state_inputs, binds, output_kinds, states, weights, trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s, out, out_dir, json_path):
+            input_ranges, state_inputs, binds, output_kinds, states, weights, trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s,
+            preprocess, labels, out, out_dir, json_path):
     """Convert MODEL (file.py:factory, pkg.module:attr, TorchScript .pt/.jit/.ts, .pt2; default: the bundled digits CNN)."""
     from edgekit.options import ConvertOptions
     from edgekit.pipeline import DEFAULT_TARGET, convert_many
@@ -225,7 +229,7 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
                           val_samples=val_samples, input_shape=input_shapes, input_dtype=input_dtypes, input_range=input_ranges,
                           state_input=state_inputs, bind=binds, output=output_kinds, state=states, weights=weights,
                           trust_pickle=trust_pickle, channels_last=channels_last, max_accuracy_drop=max_accuracy_drop,
-                          data=budget_data, labels_key=labels_key, budget_s=budget_s)
+                          data=budget_data, labels_key=labels_key, budget_s=budget_s, preprocess=preprocess, labels=labels)
     kwargs = opts.convert_kwargs()  # --output / --state are checked before the model loads
     spec = opts.load(model)
     progress = _Progress(ERR, header=line((spec.source, "bold"), f" ({spec.num_params:,} parameters, inputs {'; '.join(i.describe() for i in spec.inputs)})"))
@@ -428,10 +432,21 @@ def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, ru
               help="What an output means (class, embedding, regression, probability, state, tensor). [default: the artifact's manifest]")
 @click.option("--state", "states", multiple=True, metavar="OUT=IN",
               help="Output OUT is the state fed back into input IN: with --reference, also compare closed-loop over the data's sequences.")
+@click.option("--preprocess-check", is_flag=True,
+              help="First check that the artifact's own image preprocessing (what apps run) makes the tensors calibration makes "
+                   "from --data's images with --data-spec (default: the spec the manifest names); exit 4 if they differ.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the result here.")
 def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, samples, threads, input_shapes, input_ranges, output_kinds,
-             states, json_path):
+             states, preprocess_check, json_path):
     """Task accuracy of ARTIFACT on labelled data, on this host or on a device."""
+    parity = None
+    if preprocess_check:
+        from edgekit.evaluate import preprocess_check as check_parity
+
+        parity = check_parity(artifact, data, data_spec)
+        say(ERR, ("preprocessing", "bold"), f" matches spec {parity['spec']} on {parity['images']} images "
+            f"(max difference {parity['max_abs_diff']:.2g})")
+        data_spec = data_spec or parity["spec"]
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edgekit.evaluate import evaluate
@@ -455,7 +470,7 @@ def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, 
         if v is not None:
             row(t, label, f"{v:.2%}" if key in ("top1", "top5", "reference_accuracy", "top1_agreement") else f"{v:.4g}")
     OUT.print(t)
-    _write_json(json_path, {"command": "eval", **res.to_json()})
+    _write_json(json_path, {"command": "eval", **res.to_json(), **({"preprocess_check": parity} if parity else {})})
 
 
 @cli.command("diagnose")
@@ -492,6 +507,23 @@ def diagnose_cmd(artifact, data, samples, model, weights, data_spec, top, json_p
     elif d.layers:
         say(OUT, f"no layer stands out: the worst keeps {d.layers[0].sqnr_out_db:.1f} dB with no known cause; nothing to change")
     _write_json(json_path, {"command": "diagnose", **d.to_json()})
+
+
+@cli.command("export-app")
+@click.argument("artifact")
+@click.option("--kind", type=click.Choice(["classify", "stream"]), required=True, help="classify: images -> labels; stream: a recurrent model fed frame by frame.")
+@click.option("--out", "out", required=True, type=click.Path(), help="The app folder to write (replaced whole only if edgekit wrote it).")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Write what was written here.")
+def export_app_cmd(artifact, kind, out, json_path):
+    """Write a small self-contained Python app for ARTIFACT: the artifact, edgekit's torch-free runtime, main.py and a
+    requirements.txt for the board (python3 main.py ... there)."""
+    from edgekit.app import export_app
+
+    path = export_app(artifact, kind, out)
+    files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    say(OUT, ("wrote", "green"), f" {path} ({len(files)} files): on the board, pip install -r requirements.txt, then python3 main.py "
+        + ("IMAGE_OR_FOLDER..." if kind == "classify" else "FRAMES.npy"))
+    _write_json(json_path, {"command": "export-app", "artifact": str(artifact), "kind": kind, "out": str(path), "files": files})
 
 
 @cli.command("sweep")

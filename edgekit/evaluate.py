@@ -129,6 +129,56 @@ def recorded_kinds(manifest) -> dict:
     return kinds
 
 
+PARITY_TOLERANCE = 1e-6  # max abs difference allowed between the runtime's tensors and calibration's (float rounding)
+
+
+def preprocess_check(artifact: str | Path, folder: str | Path, spec_name: str | None = None, samples: int = 32) -> dict:
+    """Whether the artifact's own preprocessing (its manifest, run by the runtime) makes the tensors calibration makes
+    from the same image files with the spec `spec_name` (default: the spec the manifest names). Raises
+    ValidationFailed (one line: the worst file, the difference, the fields that differ) when they drift apart."""
+    from edgekit.calibration import IMAGE_SUFFIXES, _read_images, image_preprocess, load_spec
+    from edgekit.errors import ValidationFailed
+    from edgekit.runtime import read_manifest
+    from edgekit.runtime.preprocess import ImagePreprocess
+
+    manifest = read_manifest(artifact)  # the manifest is all it needs: no interpreter
+    pre = ImagePreprocess.from_dict(manifest.preprocess, str(artifact)) if manifest.preprocess else None
+    if pre is None:
+        raise UsageError(f"{artifact} records no image preprocessing to check", "convert with --preprocess SPEC or an image-folder --calib")
+    name = spec_name or pre.spec
+    if not name:
+        raise UsageError(f"{artifact}'s preprocessing names no spec to check it against", "pass --data-spec NAME")
+    spec = load_spec(name)
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"--preprocess-check needs a folder of images, got {folder}", "give --data a folder (class folders or flat)")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:samples]
+    if not files:
+        raise UsageError(f"no images in {folder} to check the preprocessing on", "give --data a folder of images")
+    ref = _read_images(root, files, spec)
+    from PIL import Image
+
+    got = []
+    for f in files:
+        with Image.open(f) as im:
+            got.append(pre.array(im.convert(pre.color)))
+    got = np.stack(got)
+    if got.shape != ref.shape:
+        raise ValidationFailed(f"preprocessing parity failed: the artifact's preprocessing makes {got.shape[1:]} tensors, spec {name} "
+                               f"makes {ref.shape[1:]}", "re-convert with the spec the app will use (--preprocess)")
+    diff = np.abs(got - ref).reshape(len(files), -1).max(axis=1)
+    worst = int(diff.argmax())
+    result = {"spec": name, "images": len(files), "max_abs_diff": float(diff.max()), "tolerance": PARITY_TOLERANCE,
+              "status": "ok" if diff.max() <= PARITY_TOLERANCE else "fail"}
+    if result["status"] == "fail":
+        theirs = image_preprocess(spec).to_dict()
+        differ = [k for k, v in pre.to_dict().items() if k != "spec" and theirs.get(k) != v]
+        shown = "; ".join(f"{k}: artifact {pre.to_dict()[k]} vs spec {theirs[k]}" for k in differ) or "same fields, different pixels"
+        raise ValidationFailed(f"preprocessing parity failed on {len(files)} images: max difference {diff.max():.4g} on {files[worst].name} "
+                               f"({shown})", "the app would feed other tensors than calibration saw: re-convert with the right --preprocess")
+    return result
+
+
 def evaluate(artifact: str | Path, data: str | Path | CalibrationData, *, labels_key: str | None = None,
              data_spec: str | None = None, device=None, reference=None, reference_weights: str | Path | None = None,
              threads: int | None = None, samples: int | None = None, batch: int = 256,

@@ -96,7 +96,7 @@ class Cell:
 _LAB_KEYS = {"out", "targets", "devices", "measure", "bench", "models", "retries"}
 _MODEL_KEYS = {"name", "source", "targets", "devices", "eval_data", "eval_labels_key", "eval_data_spec", "eval_samples"}
 _LIST_OPTIONS = {f.name for f in dataclasses.fields(ConvertOptions) if f.type.startswith("tuple")}
-_PATH_OPTIONS = {"calib", "val_data", "weights", "data"}
+_PATH_OPTIONS = {"calib", "val_data", "weights", "data", "labels", "preprocess"}
 
 
 def _unknown(keys, known, where: str) -> None:

@@ -32,6 +32,8 @@ class ConvertOptions:
     data: str | None = None  # the accuracy budget's labelled data
     labels_key: str | None = None
     budget_s: float = 600.0
+    preprocess: str | None = None  # an image input's preprocessing spec for apps (calibration/*.toml name or path)
+    labels: str | None = None  # a text file of class labels, one per line
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,7 +41,7 @@ class ConvertOptions:
     def data_sources(self) -> dict[str, str]:
         """The options that name data or weights (what a content key hashes)."""
         return {k: v for k, v in (("calib", self.calib), ("val_data", self.val_data), ("weights", self.weights),
-                                   ("data", self.data)) if v}
+                                   ("data", self.data), ("labels", self.labels), ("preprocess", self.preprocess)) if v}
 
     def load(self, model: str | None):
         """The model as `edgekit convert` loads it (ModelSpec), with these input options."""
@@ -57,7 +59,8 @@ class ConvertOptions:
         return dict(calibration=self.calib, calib_samples=self.calib_samples, calib_method=self.calib_method,
                     calib_spec=self.calib_spec, validation=self.val_data, val_samples=self.val_samples,
                     channels_last=self.channels_last, max_accuracy_drop=self.max_accuracy_drop, budget_data=self.data,
-                    labels_key=self.labels_key, budget_s=self.budget_s, outputs=declared_kinds(self.output, self.state))
+                    labels_key=self.labels_key, budget_s=self.budget_s, outputs=declared_kinds(self.output, self.state),
+                    preprocess=self.preprocess, labels=self.labels)
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,8 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
 
 
 def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, vset: ValidationSet, kinds: list[OutputKind],
-                 dest: Path, channels_last: bool, progress: ProgressFn | None, warnings: list[str], budget=None) -> Artifact:
+                 dest: Path, channels_last: bool, progress: ProgressFn | None, warnings: list[str], budget=None,
+                 app: dict | None = None) -> Artifact:
     t_start = time.perf_counter()
     if channels_last and tgt.format != "tflite":
         warnings.append("--channels-last applies to TFLite only: this ONNX artifact keeps the PyTorch layout")
@@ -237,7 +238,8 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, vs
                    "param_bytes_fp32": spec.param_bytes_fp32},
             calibration=({**calib.summary(), "method": tgt.quant.calib_method} if calib is not None and tgt.quant.needs_calibration else None),
             size_bytes=model_file.stat().st_size, sha256=sha256(model_file), tool_versions=tool_versions(),
-            extra={"size_ratio_to_fp32_params": round(model_file.stat().st_size / max(1, spec.param_bytes_fp32), 4)})
+            extra={"size_ratio_to_fp32_params": round(model_file.stat().st_size / max(1, spec.param_bytes_fp32), 4)},
+            **(app or {}))
         write_manifest(staging.path, manifest)
         with stages.stage("validate"):
             from edgekit.runtime import Model
@@ -275,6 +277,57 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, vs
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
     return Artifact(dest, manifest)
+
+
+def _app_data(spec: ModelSpec, calib: CalibrationData | None, vset: ValidationSet, kinds: list[OutputKind], preprocess,
+              labels, warnings: list[str]) -> dict:
+    """The manifest's `preprocess` and `labels` (what an app needs besides the model), checked before any conversion."""
+    from edgekit.calibration import image_preprocess, load_spec
+
+    out: dict = {}
+    val = vset.data
+    pre = image_preprocess(load_spec(preprocess)).to_dict() if preprocess else (calib.preprocess if calib is not None else None) or val.preprocess
+    if pre is not None:
+        first = spec.inputs[0]
+        chw = tuple(first.shape[1:])
+        made = None
+        if pre["crop"]:
+            c = 1 if pre["color"] == "L" else 3
+            made = (c, *pre["crop"]) if pre["layout"] == "NCHW" else (*pre["crop"], c)
+        if made is not None and made != chw:
+            if preprocess:
+                raise UsageError(f"--preprocess {preprocess} makes {made} tensors, input {first.name!r} takes {chw}",
+                                 "give the spec the model was trained with")
+        else:
+            out["preprocess"] = {**pre, "input": first.name}
+    names = None
+    if labels is not None:
+        if isinstance(labels, (str, Path)):
+            try:
+                names = [ln.strip() for ln in Path(labels).read_text(encoding="utf-8").splitlines()]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"cannot read --labels {labels}: {getattr(exc, 'strerror', None) or exc}", "give a text file, one label per line") from None
+            while names and not names[-1]:
+                names.pop()
+        else:
+            names = [str(x) for x in labels]
+    classes = next((k for k in kinds if k.kind == "class"), None)
+    width = None
+    if classes is not None:
+        width = int(np.asarray(vset.reference[kinds.index(classes)]).shape[-1])
+    if names is not None:
+        if classes is None:
+            raise UsageError("--labels names classes, but no output is a class output", "declare one with --output NAME=class")
+        if width is not None and len(names) != width:
+            raise UsageError(f"--labels {labels} has {len(names)} labels, the class output has {width} scores", "one label per line, in index order")
+        out["labels"] = names
+    elif classes is not None:
+        found = (calib.classes if calib is not None else None) or val.classes
+        if found and (width is None or len(found) == width):
+            out["labels"] = list(found)
+        elif found:
+            warnings.append(f"the data's {len(found)} class folders do not match the class output's {width} scores: labels not kept")
+    return out
 
 
 def _budget_output(kinds: list[OutputKind]) -> tuple[int, str]:
@@ -331,7 +384,8 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
                  input_shapes=None, weights=None, trust_pickle: bool = False, validation=None,
                  progress=None, lint_report=None, max_accuracy_drop: float | None = None, budget_data=None,
                  labels_key: str | None = None, budget_s: float = 600.0, inputs: InputOptions | None = None,
-                 outputs: dict[str, OutputKind] | None = None) -> list[ConvertResult]:
+                 outputs: dict[str, OutputKind] | None = None, preprocess: str | None = None,
+                 labels: str | Path | Sequence[str] | None = None) -> list[ConvertResult]:
     """Several targets over one loaded model and one checked dataset.
 
     Bad input (model, target names, calibration data, output folders) raises before any conversion;
@@ -340,6 +394,9 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     accuracy on `budget_data` (labelled; default: the validation samples) is within budget (see edgekit.budget).
     `outputs` declares what outputs mean ({name: OutputKind}, see edgekit.validate; --output / --state): the
     verdict judges each output by its kind, and state outputs make validation run closed-loop.
+    `preprocess` (a calibration spec name or .toml) and `labels` (a file, one label per line, or a list) go into the
+    manifest for apps (runtime Model.preprocess / classify); by default an image-folder calibration's spec and class
+    folder names are kept.
     `progress(target, stage, event, seconds)` is called around every stage; `lint_report({target:
     [finding, ...]})` once, before any conversion, with the pre-conversion lint's findings.
     """
@@ -362,8 +419,8 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     vset.reference = spec.outputs_for(vset.data)
     budget = _budget(spec, tgts, vset.data, max_accuracy_drop, budget_data, labels_key, calib_spec, budget_s, shared)
     declared = {**declared_kinds(spec_attr=getattr(spec, "output_spec", None)), **(outputs or {})}
-    labels = vset.data.labels if vset.data.labels is not None else (budget.data.labels if budget is not None else None)
-    kinds = infer_kinds(spec.output_names, vset.reference, labels, declared)
+    truth = vset.data.labels if vset.data.labels is not None else (budget.data.labels if budget is not None else None)
+    kinds = infer_kinds(spec.output_names, vset.reference, truth, declared)
     for k in kinds:
         if k.kind == "state" and k.feeds not in spec.input_names:
             raise UsageError(f"--state feeds input {k.feeds!r}, which the model does not have", f"its inputs: {', '.join(spec.input_names)}")
@@ -371,6 +428,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         shared.append(LABELS_UNUSED)
     if budget is not None:
         _budget_output(kinds)  # before any conversion: the budget needs one output to measure
+    app = _app_data(spec, calib, vset, kinds, preprocess, labels, shared)
     from edgekit.lint import lint
 
     findings = {t.name: [str(f) for f in lint(spec, t)] for t in tgts}
@@ -381,7 +439,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         res = ConvertResult(tgt.name, warnings=shared + (calib_only if tgt.quant.needs_calibration else []) + findings[tgt.name])
         cb = (lambda s, e, sec, _n=tgt.name: progress(_n, s, e, sec)) if progress else None
         try:
-            res.artifact = _convert_one(spec, tgt, calib, vset, kinds, dest, channels_last, cb, res.warnings, budget)
+            res.artifact = _convert_one(spec, tgt, calib, vset, kinds, dest, channels_last, cb, res.warnings, budget, app)
         except EdgekitError as exc:
             check_terminated()  # a signal a library turned into an ordinary error still ends the run
             res.error = exc

@@ -329,7 +329,8 @@ def run_eval(artifact: str, inputs: str, outputs: str, threads: int | None, shap
     return 0
 
 
-PAYLOAD = ("__init__.py", "errors.py", "inputs.py", "runner.py", "runtime/__init__.py", "runtime/backends.py", "runtime/manifest.py")
+PAYLOAD = ("__init__.py", "errors.py", "inputs.py", "runner.py", "runtime/__init__.py", "runtime/backends.py", "runtime/manifest.py",
+           "runtime/preprocess.py")
 
 
 def build_zipapp(dest: Path) -> Path:

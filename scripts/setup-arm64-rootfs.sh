@@ -6,7 +6,8 @@
 #                                                        loopback sshd board without the rootfs needs)
 #
 # What is real: Debian bookworm arm64 binaries (debootstrap --arch=arm64), the rootfs's own python3,
-# and the aarch64 wheels of numpy and ai-edge-litert (the on-device runtime, see requirements-runtime.txt).
+# and the aarch64 wheels of numpy, ai-edge-litert and Pillow (the on-device runtime and its image preprocessing, see
+# requirements-runtime.txt).
 # What is simulated: the CPU. The host runs those binaries through qemu-user-static via binfmt_misc, so
 # the rootfs is good for correctness checks only, never for timing.
 #
@@ -25,7 +26,7 @@ SUITE=bookworm
 # bookworm ships glibc 2.36: wheels tagged manylinux_2_17 (manylinux2014) up to manylinux_2_36 run there.
 GLIBC_MINOR_MAX=36
 # Same pins as pyproject.toml: the board runs what the host converts and validates with.
-WHEELS=("numpy>=2.0,<3" "ai-edge-litert>=2.3,<2.4")
+WHEELS=("numpy>=2.0,<3" "ai-edge-litert>=2.3,<2.4" "pillow>=10,<13")
 PACKAGES=(openssh-server openssh-client debootstrap qemu-user-static binfmt-support debian-archive-keyring)
 MARKER=.edgekit-rootfs-complete
 # Changing the recipe invalidates existing caches (they get rebuilt).
@@ -126,8 +127,8 @@ log python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-
   --only-binary=:all: "${WHEELS[@]}" || die "pip could not install aarch64 wheels of ${WHEELS[*]} for $PY"
 
 ARCH="$(chroot "$BUILD" /usr/bin/python3 -c \
-  'import platform, numpy; from ai_edge_litert.interpreter import Interpreter; print(platform.machine())' 2>>"$LOG")" \
-  || die "the rootfs python3 cannot import numpy and ai_edge_litert"
+  'import platform, numpy, PIL; from ai_edge_litert.interpreter import Interpreter; print(platform.machine())' 2>>"$LOG")" \
+  || die "the rootfs python3 cannot import numpy, PIL and ai_edge_litert"
 [ "$ARCH" = aarch64 ] || die "the rootfs python3 reports machine '$ARCH', expected aarch64"
 
 echo "$RECIPE" >"$BUILD/$MARKER"

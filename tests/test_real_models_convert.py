@@ -112,8 +112,11 @@ def test_streaming_state_input_converts_and_runs_closed_loop(kws, tmp_path, targ
     from edgekit.inputs import InputOptions
 
     model, held, root = kws
+    from edgekit.validate import declared_kinds
+
     art = edgekit.convert(f"{MODELS / 'kws_gru.py'}:build", target, calibration=str(root / "calib.npz"),
-                          validation=str(root / "val.npz"), out_dir=tmp_path / target, inputs=InputOptions(state=("h",)))
+                          validation=str(root / "val.npz"), out_dir=tmp_path / target, inputs=InputOptions(state=("h",)),
+                          outputs=declared_kinds(("output_0=class",), ("output_1=h",)))
     h_in = next(i for i in art.manifest.inputs if i.name == "h")
     assert not h_in.batched and h_in.source_shape == (2, 1, 64)
     assert art.validation["status"] in ("ok", "warn"), art.validation
@@ -132,6 +135,37 @@ def test_streaming_state_input_converts_and_runs_closed_loop(kws, tmp_path, targ
         agree.append(outs[-1].argmax() == ref_logits[-1].argmax().item())
     tol = {"fp32": 1e-3, "fp16": 5e-2}.get(target.rsplit("-", 1)[1], 1.5)
     assert worst < tol and np.mean(agree) >= (0.9 if target.endswith("int8") else 1.0), (target, worst, np.mean(agree))
+    # the same through the app API: model.stream() keeps the state (declared --state output_1=h) between calls
+    session = m.stream()
+    for frames, _ in held[:3]:
+        session.reset()
+        ref_logits, _ = kws_gru.closed_loop(model, frames)
+        streamed = np.stack([session(frames[t:t + 1])[0][0] for t in range(frames.shape[0])])
+        assert np.abs(streamed - ref_logits.numpy()).max() < tol
+    assert session.state[1].shape == (2, 1, 64) and np.abs(session.state[1]).max() > 0.1  # a real state, carried
+    session.reset()
+    assert not session.state[1].any()
+    if target == "tflite-int8":  # the exported stream app, run alone from its folder, prints the same last-step decisions
+        import os
+        import subprocess
+        import sys
+
+        from edgekit.app import export_app
+
+        app = export_app(art.path, "stream", tmp_path / "app")
+        seqs = []
+        for k, (frames, _) in enumerate(held[:3]):
+            np.save(tmp_path / f"seq{k}.npy", frames)
+            seqs.append(str(tmp_path / f"seq{k}.npy"))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        run = subprocess.run([sys.executable, "main.py", *seqs], capture_output=True, text=True, cwd=app, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr
+        want = []
+        for frames, _ in held[:3]:
+            session.reset()
+            last = [session(frames[t:t + 1])[0] for t in range(frames.shape[0])][-1]
+            want.append(f"step {frames.shape[0] - 1}: {int(np.argmax(last))}")
+        assert [ln.split(" ", 1)[1] for ln in run.stdout.strip().splitlines()] == want
 
 
 # ---------------------------------------------------------------------------- RNet: two outputs

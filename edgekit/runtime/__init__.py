@@ -4,6 +4,8 @@
     model = runtime.load("out/digits-cnn-tflite-int8")
     logits, = model(x)            # float32 in, float32 out, in the PyTorch model's layout (NCHW)
     logits, = model(x_nhwc, input_layout="NHWC")   # or in the layout the artifact stores
+    model.classify("cat.jpg", top_k=5)               # [(label, probability), ...]: the artifact's own preprocessing
+    session = model.stream(); y, = session(frame)    # a recurrent model: the state is fed back between calls
 
 The manifest written by `edgekit convert` says the artifact's layout and int8/int16 quantization
 parameters; this module applies them, so callers always speak float. No torch import, ever.
@@ -92,6 +94,63 @@ class Model:
             result.append(np.ascontiguousarray(y.transpose(perm)) if perm else y)
         return result
 
+    # ------------------------------------------------------------------ in an app
+
+    @property
+    def image_preprocess(self):
+        """The artifact's image preprocessing (ImagePreprocess), or None when the manifest has none."""
+        from edgekit.runtime.preprocess import ImagePreprocess
+
+        pre = self.manifest.preprocess
+        return ImagePreprocess.from_dict(pre, str(self.folder)) if pre else None
+
+    def preprocess(self, image) -> np.ndarray:
+        """An image (a path, a Pillow image, an HxWxC uint8 array) -> the batch of one tensor calibration saw,
+        in the PyTorch model's layout (what __call__ takes)."""
+        pre = self.image_preprocess
+        if pre is None:
+            raise UsageError(f"{self.folder} records no image preprocessing",
+                             "convert with --preprocess SPEC (or calibrate on an image folder with --calib-spec)")
+        x = pre(image)
+        spec = self.inputs[0]
+        want = tuple(spec.source_shape[1:])
+        if tuple(x.shape[1:]) != want:
+            raise UsageError(f"the preprocessed image is {tuple(x.shape[1:])}, input {spec.name!r} takes {want}",
+                             "the spec resizes without a crop: give it a crop, or resize the image to the model's size first")
+        if spec.batched and spec.source_shape and spec.source_shape[0] > 1:
+            raise UsageError(f"input {spec.name!r} takes batches of {spec.source_shape[0]}", "use run_batch with preprocessed images")
+        return x
+
+    def _class_output(self) -> tuple[int, bool]:
+        """(index of the class output, whether its scores are probabilities already)."""
+        kinds = [o.kind for o in self.outputs]
+        if "class" not in kinds:
+            shown = ", ".join(f"{o.name}: {o.kind or 'undeclared'}" for o in self.outputs)
+            raise UsageError(f"{self.folder} is not a classifier: no class output ({shown})",
+                             "call the model directly, or convert with --output NAME=class")
+        j = kinds.index("class")
+        figures = self.manifest.validation.figures if self.manifest.validation else {}
+        probs = any(isinstance(x, dict) and x.get("name") == self.outputs[j].name and x.get("probs") is True
+                    for x in figures.get("outputs") or [])
+        return j, probs
+
+    def classify(self, image, top_k: int = 5) -> list[tuple[str, float]]:
+        """The top_k (label, probability) pairs for one image, best first. Labels come from the manifest (else the
+        class index as text); logits go through a softmax, probability outputs are used as they are."""
+        j, probs = self._class_output()
+        scores = np.asarray(self(self.preprocess(image))[j], np.float64).reshape(-1)
+        if not probs:
+            e = np.exp(scores - scores.max())
+            scores = e / e.sum()
+        labels = self.manifest.labels
+        order = np.argsort(-scores, kind="stable")[:max(1, int(top_k))]
+        return [(labels[i] if labels and i < len(labels) else str(int(i)), float(scores[i])) for i in order]
+
+    def stream(self) -> "Stream":
+        """A stateful session for a model with state outputs (declared at convert with --state OUT=IN): each call
+        takes the other inputs, feeds the state back, and returns the outputs that are not state."""
+        return Stream(self)
+
     @property
     def batch(self) -> int:
         return next((int(t.shape[0]) or 1 for t in self.inputs if t.batched and t.shape), 1)
@@ -106,6 +165,37 @@ class Model:
         chunks = [self(*(a[i:i + b] if t.batched else a[i] for t, a in zip(self.inputs, arrays)), input_layout=input_layout)
                   for i in range(0, n, b)]
         return combine_calls(chunks, b)
+
+
+class Stream:
+    """Model.stream(): the recurrent state kept between calls (zeros at the start and after reset())."""
+
+    def __init__(self, model: Model):
+        figures = model.manifest.validation.figures if model.manifest.validation else {}
+        feeds = {x.get("name"): x.get("feeds") for x in figures.get("outputs") or [] if isinstance(x, dict) and x.get("kind") == "state"}
+        names = [i.name for i in model.inputs]
+        self.pairs = [(j, names.index(feeds[o.name])) for j, o in enumerate(model.outputs)
+                      if o.kind == "state" and feeds.get(o.name) in names]
+        if not self.pairs:
+            raise UsageError(f"{model.folder} has no state output to stream", "convert with --state OUT=IN for a recurrent model")
+        self.model = model
+        self.state_inputs = {i for _, i in self.pairs}
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = {i: np.zeros(self.model.inputs[i].source_shape, np.float32) for i in self.state_inputs}
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        others = [i for i in range(len(self.model.inputs)) if i not in self.state_inputs]
+        if len(arrays) != len(others):
+            raise UsageError(f"a stream call takes {len(others)} input(s) ({', '.join(self.model.inputs[i].name for i in others)}), got {len(arrays)}")
+        feed = dict(zip(others, arrays))
+        feed.update(self.state)
+        outs = self.model(*(feed[i] for i in range(len(self.model.inputs))))
+        for j, i in self.pairs:
+            self.state[i] = outs[j]
+        states = {j for j, _ in self.pairs}
+        return [y for j, y in enumerate(outs) if j not in states]
 
 
 def _positions(specs: list[TensorSpec], infos) -> list[int]:
@@ -159,4 +249,4 @@ def load(folder: str | Path, num_threads: int | None = None) -> Model:
     return Model(folder, num_threads)
 
 
-__all__ = ["Model", "load", "combine_calls", "read_manifest", "Manifest", "TensorSpec", "MANIFEST", "quantize", "dequantize", "TensorInfo", "open_backend"]
+__all__ = ["Model", "Stream", "load", "combine_calls", "read_manifest", "Manifest", "TensorSpec", "MANIFEST", "quantize", "dequantize", "TensorInfo", "open_backend"]

@@ -263,6 +263,8 @@ class Manifest:
     created: str = ""
     tool_versions: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    preprocess: dict | None = None  # an image input's preprocessing (edgekit.runtime.preprocess.ImagePreprocess.to_dict() + "input")
+    labels: list[str] | None = None  # the class output's labels, in index order
     extra: dict = field(default_factory=dict)  # stages, accuracy_budget, convert_seconds, ratios, ...
 
     # ------------------------------------------------------------------ convenience
@@ -293,6 +295,10 @@ class Manifest:
                              "outputs": [t.to_dict() for t in self.outputs], "recipe": self.recipe,
                              "calibration": self.calibration, "size_bytes": self.size_bytes, "sha256": self.sha256,
                              "tool_versions": self.tool_versions}
+        if self.preprocess is not None:
+            d["preprocess"] = self.preprocess
+        if self.labels is not None:
+            d["labels"] = list(self.labels)
         d.update(self.extra)
         if self.validation is not None:
             d["validation"] = self.validation.to_dict()
@@ -338,6 +344,20 @@ class Manifest:
         warnings = d.get("warnings") or []
         if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
             raise r.fail("warnings", "must be a list of strings")
+        preprocess = d.get("preprocess")
+        if preprocess is not None:
+            from edgekit.runtime.preprocess import ImagePreprocess
+
+            pre = ImagePreprocess.from_dict(preprocess, where)
+            names = [t.name for t in tensors["inputs"]]
+            feeds = preprocess.get("input", names[0])
+            if feeds not in names:
+                raise r.fail("preprocess.input", f"{feeds!r} is not one of the inputs ({', '.join(names)})")
+            preprocess = {**pre.to_dict(), "input": feeds}
+        labels = d.get("labels")
+        if labels is not None and (not isinstance(labels, list) or len(labels) > 1_000_000
+                                   or not all(isinstance(x, str) and len(x) <= 512 for x in labels)):
+            raise r.fail("labels", "must be a list of strings (at most 512 characters each)")
         known = {f.name for f in fields(cls)} - {"extra", "inputs", "outputs"}
         return cls(file=file, format=fmt, inputs=tensors["inputs"], outputs=tensors["outputs"],
                    precision=r.str_(d.get("precision", ""), "precision", max_len=64) or "", target=target, model=model,
@@ -346,6 +366,7 @@ class Manifest:
                    edgekit_version=r.str_(d.get("edgekit_version", ""), "edgekit_version", max_len=64) or "",
                    created=r.str_(d.get("created", ""), "created", max_len=64) or "",
                    tool_versions=r.obj(d.get("tool_versions") or {}, "tool_versions"), warnings=list(warnings),
+                   preprocess=preprocess, labels=labels,
                    extra={k: v for k, v in d.items() if k not in known | {"inputs", "outputs"}})
 
 
