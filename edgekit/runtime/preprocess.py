@@ -121,7 +121,7 @@ class ImagePreprocess:
         try:
             from PIL import Image, UnidentifiedImageError
         except ImportError:
-            raise UsageError("reading images needs Pillow", "pip install pillow (or edgekit[images] on the board)") from None
+            raise UsageError("reading images needs Pillow", "pip install pillow") from None
         if isinstance(image, (str, Path)):
             try:
                 with Image.open(image) as im:
