@@ -121,7 +121,7 @@ def test_headless_chromium_shows_the_table_and_the_plots(report_files):
     assert {"tflite-int8", "tflite-fp32", "local: latency over 40 runs"} <= labels
     assert len(re.findall(r'<g id="line2d_\d+">', boxes)) >= 2 * 6  # per box: box, median, 2 whiskers, 2 caps, fliers
     shot = page.parent / "shot.png"
-    _chromium(page, "--window-size=1280,1800", f"--screenshot={shot}")
+    _chromium(page, "--window-size=1280,4000", f"--screenshot={shot}")
     markers, medians = _plot_pixels(shot)
     assert markers > 300 and medians > 20, f"plots not drawn on the screenshot: {markers} marker px, {medians} median px"
 
@@ -135,7 +135,7 @@ def test_without_bench_the_page_says_so_and_shows_no_plot(results, tmp_path):
     dom = _chromium(page, "--dump-dom").stdout
     assert "tflite-int8" in _section(dom, r'<table id="report-table">(.*?)</table>')
     assert dom.count('class="missing"') == 2 and "<svg" not in dom
-    _chromium(page, "--window-size=1280,1800", f"--screenshot={tmp_path / 'shot.png'}")
+    _chromium(page, "--window-size=1280,4000", f"--screenshot={tmp_path / 'shot.png'}")
     assert _plot_pixels(tmp_path / "shot.png") == (0, 0)  # the pixel check above does tell a plot from none
 
 
