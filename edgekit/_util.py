@@ -21,6 +21,12 @@ TOOLS = ("edgekit", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "onnx
          "litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 
 
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first line of an exception's message, at most `limit` characters ("" for an empty message): what a
+    one-line error quotes of a library's multi-line failure."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
 def tool_versions() -> dict[str, str]:
     out = {}
     for name in TOOLS:

@@ -165,9 +165,7 @@ def export_app(artifact: str | Path, kind: str, out: str | Path) -> Path:
         if not any(o.kind == "class" for o in manifest.outputs):
             raise UsageError(f"{artifact} has no class output to classify with", "convert with --output NAME=class")
     else:
-        feeds = {x.get("name"): x.get("feeds") for x in (manifest.validation.figures.get("outputs") if manifest.validation else None) or []
-                 if isinstance(x, dict) and x.get("kind") == "state"}
-        if not any(o.kind == "state" and feeds.get(o.name) for o in manifest.outputs):
+        if not manifest.state_feeds():
             raise UsageError(f"{artifact} has no state output to stream", "convert with --state OUT=IN for a recurrent model")
     stage = Staging(Path(out))
     try:

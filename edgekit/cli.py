@@ -674,7 +674,7 @@ def report(paths, html_path, md_path, json_path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from edgekit._util import Terminated, install_signal_handlers
+    from edgekit._util import Terminated, first_line, install_signal_handlers
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     install_signal_handlers()  # SIGTERM / SIGHUP clean up like Ctrl-C
@@ -706,7 +706,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug, or a library failing in a way we did not foresee
         if debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc, 300)
         say(ERR, ("error:", "red"), f" internal error: {type(exc).__name__}: {first} (re-run with --debug for the traceback)")
         sys.exit(1)
 

@@ -121,8 +121,8 @@ def recorded_kinds(manifest) -> dict:
     """The output kinds the artifact was validated with (the manifest's validation figures keep the details:
     probabilities, thresholds, which input a state feeds), else the kind each output entry records."""
     kinds = {o.name: OutputKind(o.kind) for o in manifest.outputs if o.kind}
-    for x in (manifest.validation.figures.get("outputs") if manifest.validation else None) or []:
-        if isinstance(x, dict) and x.get("name") in kinds and x.get("kind") == kinds[x["name"]].kind:  # a received file: types checked
+    for x in manifest.output_details().values():
+        if x["name"] in kinds and x.get("kind") == kinds[x["name"]].kind:  # a received file: types checked
             t = x.get("threshold", 0.5)
             kinds[x["name"]] = OutputKind(x["kind"], x.get("inferred") is True, str(x.get("why", ""))[:200], x.get("probs") is True,
                                           float(t) if isinstance(t, (int, float)) and 0 < t < 1 else 0.5, str(x.get("feeds", ""))[:512])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import io
 import json
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from edgekit._util import first_line
 from edgekit.errors import ArtifactError, DeviceError, EdgekitError, UsageError
 from edgekit.options import ConvertOptions, EvalOptions
 
@@ -118,7 +120,7 @@ def _path(value: str, base: Path) -> str:
 def _source(value: str | None, base: Path) -> str | None:
     if not value:
         return None
-    head, colon, attr = value.rpartition(":") if value.count(":") == 1 and not value.startswith(("ssh:", "adb:")) else ("", "", "")
+    head, _, attr = value.rpartition(":") if value.count(":") == 1 and not value.startswith(("ssh:", "adb:")) else ("", "", "")
     if head and (head.endswith(".py") or "/" in head):
         return f"{_path(head, base)}:{attr}"
     return _path(value, base) if (base / value).exists() or Path(value).exists() else value
@@ -151,6 +153,7 @@ def read_lab(path: str | Path) -> Plan:
         _bad(str(path), "bench", "a table ([bench])")
     _unknown(bench, {f.name for f in dataclasses.fields(BenchOptions)} - {"input_shapes", "input_ranges"}, f"{path} [bench]")
     models = []
+    opt_keys = {f.name for f in dataclasses.fields(ConvertOptions)}
     raw = data.get("models", [])
     if not isinstance(raw, list) or not raw:
         raise UsageError(f"{path}: no models", "add at least one [[models]] table with a name (and a source; none: the bundled digits CNN)")
@@ -158,7 +161,6 @@ def read_lab(path: str | Path) -> Plan:
         where = f"{path} [[models]] #{i + 1}"
         if not isinstance(m, dict):
             _bad(where, "models", "tables ([[models]])")
-        opt_keys = {f.name for f in dataclasses.fields(ConvertOptions)}
         _unknown(m, _MODEL_KEYS | opt_keys, where)
         name = m.get("name")
         if not isinstance(name, str) or not name or any(c in name for c in "/@:*?[] "):
@@ -246,21 +248,24 @@ def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def convert_key(m: ModelEntry, target: str, versions: dict) -> str:
+def convert_key(m: ModelEntry, target, versions: dict, digest: Callable[[str | None], str] = content_digest) -> str:
+    """`target`: a name, a .toml path or a loaded Target. `digest`: content_digest, or a memo of it (a sweep hashes
+    each data folder once, not once per target)."""
     from edgekit.targets import load_target
 
     recipe = load_target(target).to_dict()
     recipe.pop("source", None)
-    data = {k: content_digest(v) for k, v in m.options.data_sources().items()}
-    return _key({"cell": "convert", "model": content_digest(m.source), "target": recipe, "options": m.options.to_dict(),
+    data = {k: digest(v) for k, v in m.options.data_sources().items()}
+    return _key({"cell": "convert", "model": digest(m.source), "target": recipe, "options": m.options.to_dict(),
                  "data": data, "tools": versions})
 
 
-def measure_key(cell: Cell, artifact_sha: str, plan: Plan, profile: dict) -> str:
+def measure_key(cell: Cell, artifact_sha: str, plan: Plan, profile: dict,
+                digest: Callable[[str | None], str] = content_digest) -> str:
     """`profile`: the device profile as the host that has the device resolves it (DeviceProfile.to_dict())."""
     profile = {k: v for k, v in profile.items() if k != "source"}
-    opts = plan.bench if cell.kind == "bench" else {**plan.model(cell.model).eval.to_dict(),
-                                                     "data_digest": content_digest(plan.model(cell.model).eval.data)}
+    ev = plan.model(cell.model).eval
+    opts = plan.bench if cell.kind == "bench" else {**ev.to_dict(), "data_digest": digest(ev.data)}
     # the cell's name too: two models whose artifacts have the same bytes still get a record (and a report row) each
     return _key({"cell": cell.kind, "id": f"{cell.model}/{cell.target}", "artifact": artifact_sha, "device": profile, "options": opts})
 
@@ -312,18 +317,23 @@ def run_convert(source: str | None, options: ConvertOptions, target, dest: str |
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _local_artifact(path: str, sha: str, packed, work: list) -> Path:
-    """The artifact folder on this host: the driver's path when it holds the same model file (sha256), else the
-    packed copy unpacked into a temporary folder (checked against the same sha256)."""
+def _model_sha(folder: Path) -> str | None:
+    """sha256 of the model file of the artifact at `folder`, None when there is no readable artifact there."""
     from edgekit.artifact import sha256
     from edgekit.runtime.manifest import read_manifest
 
-    p = Path(path)
     try:
-        if p.is_dir() and sha256(p / read_manifest(p).file) == sha:
-            return p
+        return sha256(folder / read_manifest(folder).file)
     except (OSError, EdgekitError):
-        pass
+        return None
+
+
+def _local_artifact(path: str, sha: str, packed, work: list) -> Path:
+    """The artifact folder on this host: the driver's path when it holds the same model file (sha256), else the
+    packed copy unpacked into a temporary folder (checked against the same sha256)."""
+    p = Path(path)
+    if _model_sha(p) == sha:
+        return p
     if packed is None:
         raise ArtifactError(f"artifact {path} is not on this host", "share the sweep's out folder or let the executor ship it")
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-sweep-"))
@@ -331,7 +341,7 @@ def _local_artifact(path: str, sha: str, packed, work: list) -> Path:
     folder = tmp / p.name
     folder.mkdir()
     _unpack(packed, folder)
-    got = sha256(folder / read_manifest(folder).file)
+    got = _model_sha(folder) or "none"
     if got != sha:
         raise ArtifactError(f"artifact {p.name} arrived with sha256 {got[:12]}, expected {sha[:12]}", "re-run the sweep")
     return folder
@@ -370,14 +380,12 @@ def run_measure(kind: str, path: str, sha: str, device: str, bench: dict, ev: Ev
             finally:
                 if share is not None:
                     os.sched_setaffinity(0, share)
-            out["artifact"] = path  # the driver's folder, which `edgekit report` indexes
-            return {"status": "ok", "result": out, "seconds": time.perf_counter() - t0, "ran": {**where, "ended": time.time()}}
-        from edgekit.evaluate import evaluate
+        else:
+            from edgekit.evaluate import evaluate
 
-        er = evaluate(folder, ev.data, labels_key=ev.labels_key, data_spec=ev.data_spec, device=device,
-                      samples=ev.samples, threads=ev.threads)
-        out = er.to_json()
-        out["artifact"] = path
+            out = evaluate(folder, ev.data, labels_key=ev.labels_key, data_spec=ev.data_spec, device=device,
+                           samples=ev.samples, threads=ev.threads).to_json()
+        out["artifact"] = path  # the driver's folder, which `edgekit report` indexes
         return {"status": "ok", "result": out, "seconds": time.perf_counter() - t0, "ran": {**where, "ended": time.time()}}
     except DeviceError:
         raise
@@ -396,10 +404,6 @@ def run_profile(device: str) -> dict:
 
 
 # ------------------------------------------------------------------ executors
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:160]
 
 
 class Infra(Exception):
@@ -425,7 +429,21 @@ def _share_cores(slot, workers: int) -> None:
 _HOST_CORES: list[int] = []
 
 
-class LocalExecutor:
+class _Executor:
+    """What both executors share: their tasks come back as concurrent.futures Futures."""
+
+    def wait(self, futs, timeout: float):
+        return cf.wait(futs, timeout=timeout, return_when=cf.FIRST_COMPLETED)[0]
+
+    def lost(self, device: str) -> bool:
+        """Whether the host of `device` is gone (its pending tasks would never run)."""
+        return False
+
+    def cancel(self, fut) -> None:
+        fut.cancel()
+
+
+class LocalExecutor(_Executor):
     """A process pool on this host (spawned processes: torch and fork do not mix), each worker on its own share of
     the cores. A worker that dies breaks the pool; the cells it held fail with Infra and the pool is made anew."""
 
@@ -462,15 +480,6 @@ class LocalExecutor:
         except DeviceError as exc:
             raise Infra(str(exc)) from None
 
-    def wait(self, futs, timeout: float):
-        return cf.wait(futs, timeout=timeout, return_when=cf.FIRST_COMPLETED)[0]
-
-    def lost(self, device: str) -> bool:
-        return False
-
-    def cancel(self, fut) -> None:
-        fut.cancel()
-
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -486,7 +495,7 @@ def _probe(address: str, timeout: float = 3.0) -> None:
         raise UsageError(f"no Ray cluster at {address}", "start one (`ray start --head`) or check --ray") from None
 
 
-class RayExecutor:
+class RayExecutor(_Executor):
     """Tasks on a running Ray cluster: conversions anywhere (1 CPU each), benches and evals pinned to the node that
     declares `edgekit-device:<device>` (0 CPUs; the resource, 1 per device, lets one run per device at a time).
     Ray's own retries are off (a pinned task retried after its node died would pend forever); the driver retries."""
@@ -503,13 +512,13 @@ class RayExecutor:
         try:
             ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
         except ConnectionError as exc:
-            raise UsageError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0][:160]}",
+            raise UsageError(f"cannot join the Ray cluster at {address}: {first_line(exc, 160)}",
                              "a cluster with token auth needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)") from None
         self.ray = ray
         self._convert = ray.remote(num_cpus=1, max_retries=0)(run_convert)
         self._measure = ray.remote(num_cpus=0, max_retries=0)(run_measure)
         self.packed: dict[str, object] = {}  # artifact sha256 -> object ref of its packed folder
-        self.pins: dict[object, str] = {}
+        self.pins: dict[cf.Future, object] = {}  # future -> the ObjectRef of its pinned task (to cancel it)
 
     def profiles(self, devices) -> dict[str, dict]:
         """Each device's profile, resolved on the node that declares it (a pending task for a resource no node has
@@ -558,10 +567,7 @@ class RayExecutor:
                 raise Infra(str(exc.cause)) from None
             raise exc.cause from None
         except (rx.RayError, cf.CancelledError) as exc:  # node died, worker crashed, object lost, cancelled: Ray's side
-            raise Infra(f"{type(exc).__name__}: {_first_line(exc)}") from None
-
-    def wait(self, futs, timeout: float):
-        return cf.wait(futs, timeout=timeout, return_when=cf.FIRST_COMPLETED)[0]
+            raise Infra(f"{type(exc).__name__}: {first_line(exc, 160)}") from None
 
     def lost(self, device: str) -> bool:
         """The device's host left the cluster: its pinned tasks would pend forever."""
@@ -665,6 +671,7 @@ def sweep(plan: Plan, executor=None, force: tuple[str, ...] = (), progress: Prog
         raise
     store = Store(plan.out)
     versions = tool_versions()
+    digest = functools.lru_cache(maxsize=None)(content_digest)  # this sweep's: each data folder hashed once
     forced = lambda c: any(fnmatch.fnmatchcase(c.id, p) for p in force)  # noqa: E731
     order = {c: i for i, c in enumerate(plan.cells())}
     done: dict[Cell, CellResult] = {}
@@ -686,7 +693,7 @@ def sweep(plan: Plan, executor=None, force: tuple[str, ...] = (), progress: Prog
             if rec["status"] != "ok":  # (from the store when the failed conversion is)
                 finish(CellResult(mc, "skipped", f"no artifact: {cell.id} {rec['status']}", cached=cached))
                 continue
-            key = measure_key(mc, rec["sha256"], plan, profiles[mc.device])
+            key = measure_key(mc, rec["sha256"], plan, profiles[mc.device], digest)
             old = None if forced(mc) else store.get(key)
             if old is not None and old["status"] in ("ok", "failed"):
                 finish(_from_record(mc, old, True))
@@ -695,7 +702,7 @@ def sweep(plan: Plan, executor=None, force: tuple[str, ...] = (), progress: Prog
 
     for cc in plan.convert_cells():
         m = plan.model(cc.model)
-        key = convert_key(m, cc.target, versions)
+        key = convert_key(m, targets[cc.target], versions, digest)
         old = None if forced(cc) else store.get(key)
         if old is not None and old["status"] in ("ok", "failed") and (old["status"] != "ok" or _intact(old)):
             finish(_from_record(cc, old, True))
@@ -768,7 +775,7 @@ def sweep(plan: Plan, executor=None, force: tuple[str, ...] = (), progress: Prog
                         artifact_ready(cell, {"status": "error"})
                     continue
                 except Exception as exc:  # a bug in a task: the cell's error, not the sweep's
-                    rec = {"status": "failed", "error": f"internal error: {type(exc).__name__}: {_first_line(exc)}"}
+                    rec = {"status": "failed", "error": f"internal error: {type(exc).__name__}: {first_line(exc, 160)}"}
                 rec = _record(cell, key, rec, attempt, store)
                 finish(_from_record(cell, rec, False))
                 if cell.kind == "convert":
@@ -782,14 +789,7 @@ def sweep(plan: Plan, executor=None, force: tuple[str, ...] = (), progress: Prog
 
 def _intact(rec: dict) -> bool:
     """The recorded artifact is still there, with the same model file."""
-    from edgekit.artifact import sha256
-    from edgekit.runtime.manifest import read_manifest
-
-    try:
-        p = Path(rec["artifact"])
-        return sha256(p / read_manifest(p).file) == rec["sha256"]
-    except (OSError, KeyError, EdgekitError):
-        return False
+    return "artifact" in rec and "sha256" in rec and _model_sha(Path(rec["artifact"])) == rec["sha256"]
 
 
 def _record(cell: Cell, key: str, rec: dict, attempt: int, store: Store) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekit._util import first_line
 from edgekit.errors import ModelLoadError, UsageError
 from edgekit.inputs import HasInputs, InputOptions, InputSpec, apply_declared, apply_options, parse_shape  # noqa: F401 (parse_shape: old import path)
 
@@ -279,7 +280,7 @@ def _load_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None,
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, 200)
         if not trust_pickle and "Unsupported global" in str(exc):
             raise ModelLoadError(f"{path} is a pickled model that needs code execution to load",
                                  "pass --trust-pickle only if you trust the file, or export it as .pt2 / TorchScript") from exc

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from edgekit._util import captured_output
+from edgekit._util import captured_output, first_line
 from edgekit.compress.data import DEFAULT_DATA, DataConfig
 from edgekit.compress.result import CompressResult, batch_dynamic, param_count, start
 from edgekit.compress.train import TrainConfig, accuracy, fit
@@ -95,7 +95,7 @@ def qat(model: Any, data: Any, *, val: Any = None, config: QATConfig = QATConfig
         with captured_output(log):  # torchao / litert-torch print while importing and tracing
             prepared = prepare(job.model, job.spec.example_inputs, per_channel)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, 200)
         raise CompressionError(f"preparing {job.spec.source} for QAT failed: {type(exc).__name__}: {first}",
                                "the model must be torch.export-able; run with --debug for the traceback") from exc
     start_acc = accuracy(prepared, job.val)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgekit._util import first_line
 from edgekit.errors import ConversionError
 from edgekit.sources import ModelSpec
 
@@ -40,7 +41,7 @@ def convert(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, quant
     except ConversionError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        first = first_line(exc)
         raise ConversionError(f"litert-torch conversion failed: {type(exc).__name__}: {first}",
                               "run with --debug for the log; try the onnx-* targets if an op is unsupported") from exc
     return {"converter": "litert-torch", "quantizer": "pt2e" if quant_config is not None else None}

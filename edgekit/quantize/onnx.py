@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
+from edgekit._util import first_line
 from edgekit.errors import ConversionError
 from edgekit.targets import QuantSpec
 
@@ -367,5 +368,5 @@ def quantize(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | None,
     except ConversionError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        first = first_line(exc)
         raise ConversionError(f"ONNX Runtime quantization failed: {type(exc).__name__}: {first}", "run with --debug for the log") from exc

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit._util import first_line
 from edgekit.errors import ConversionError
 from edgekit.quantize import tflite_rules
 from edgekit.targets import QuantSpec
@@ -89,7 +90,7 @@ def quantize_aeq(src: Path, dst: Path, q: QuantSpec, samples: Iterable[dict] | N
     except ConversionError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        first = first_line(exc)
         raise ConversionError(f"ai-edge-quantizer failed: {type(exc).__name__}: {first}", "run with --debug for the log") from exc
     return {"tool": "ai-edge-quantizer", "recipe": recipe, "calib_method": q.calib_method if q.needs_calibration else None, **chosen,
             **({"precision_rules": tflite_rules.summary(rules)} if rules else {})}
@@ -162,7 +163,7 @@ def pt2e_convert(module, args, samples: Iterable[tuple], q: QuantSpec, dst: Path
     except ConversionError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        first = first_line(exc)
         raise ConversionError(f"PT2E quantization failed: {type(exc).__name__}: {first}", "use the tflite-int8 target (ai-edge-quantizer) instead") from exc
     info = convert(graph, args, dst, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     return {**info, "tool": "litert-torch PT2E", "observer": "HistogramObserver (activations), PerChannelMinMaxObserver (weights)",

@@ -13,6 +13,7 @@ parameters; this module applies them, so callers always speak float. No torch im
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,10 @@ class Model:
 
     # ------------------------------------------------------------------ in an app
 
-    @property
+    @functools.cached_property
     def image_preprocess(self):
-        """The artifact's image preprocessing (ImagePreprocess), or None when the manifest has none."""
+        """The artifact's image preprocessing (ImagePreprocess), or None when the manifest has none (read once, not
+        per image)."""
         from edgekit.runtime.preprocess import ImagePreprocess
 
         pre = self.manifest.preprocess
@@ -129,10 +131,7 @@ class Model:
             raise UsageError(f"{self.folder} is not a classifier: no class output ({shown})",
                              "call the model directly, or convert with --output NAME=class")
         j = kinds.index("class")
-        figures = self.manifest.validation.figures if self.manifest.validation else {}
-        probs = any(isinstance(x, dict) and x.get("name") == self.outputs[j].name and x.get("probs") is True
-                    for x in figures.get("outputs") or [])
-        return j, probs
+        return j, self.manifest.output_details().get(self.outputs[j].name, {}).get("probs") is True
 
     def classify(self, image, top_k: int = 5) -> list[tuple[str, float]]:
         """The top_k (label, probability) pairs for one image, best first. Labels come from the manifest (else the
@@ -171,11 +170,9 @@ class Stream:
     """Model.stream(): the recurrent state kept between calls (zeros at the start and after reset())."""
 
     def __init__(self, model: Model):
-        figures = model.manifest.validation.figures if model.manifest.validation else {}
-        feeds = {x.get("name"): x.get("feeds") for x in figures.get("outputs") or [] if isinstance(x, dict) and x.get("kind") == "state"}
+        feeds = model.manifest.state_feeds()
         names = [i.name for i in model.inputs]
-        self.pairs = [(j, names.index(feeds[o.name])) for j, o in enumerate(model.outputs)
-                      if o.kind == "state" and feeds.get(o.name) in names]
+        self.pairs = [(j, names.index(feeds[o.name])) for j, o in enumerate(model.outputs) if o.name in feeds]
         if not self.pairs:
             raise UsageError(f"{model.folder} has no state output to stream", "convert with --state OUT=IN for a recurrent model")
         self.model = model

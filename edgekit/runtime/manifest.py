@@ -286,6 +286,19 @@ class Manifest:
     def status(self) -> str | None:
         return self.validation.status if self.validation else None
 
+    def output_details(self) -> dict[str, dict]:
+        """What convert recorded about each output beyond its kind, by output name (the validation figures'
+        `outputs`: probs for a class output, threshold, the input a state output feeds). Entries are as read: a
+        caller checks the types of the fields it uses."""
+        rows = (self.validation.figures.get("outputs") if self.validation else None) or []
+        return {x["name"]: x for x in rows if isinstance(x, dict) and isinstance(x.get("name"), str)}
+
+    def state_feeds(self) -> dict[str, str]:
+        """Each state output's name -> the input it is fed back into (declared at convert with --state OUT=IN)."""
+        details, inputs = self.output_details(), {t.name for t in self.inputs}
+        return {o.name: details[o.name]["feeds"] for o in self.outputs
+                if o.kind == "state" and details.get(o.name, {}).get("kind") == "state" and details[o.name].get("feeds") in inputs}
+
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict:
