@@ -75,30 +75,32 @@ def mobilenet_spec(ds, steps: int = 600, batch: int = 32):
     return spec
 
 
-def latency_ms(folders: dict[str, Path], x: np.ndarray, threads: int, rounds: int, per_round: int) -> dict[str, float]:
+def latency_ms(folders: dict[str, Path], x, threads: int, rounds: int, per_round: int) -> dict[str, float]:
     """Median per-call latency; artifacts measured interleaved, round by round, so drift hits all alike.
 
     Blocks last ~0.25 s each. Between blocks the loop sleeps briefly: ONNX Runtime's and XNNPACK's worker threads spin-wait
     after a run, and without a pause they steal the cores from the next artifact's block (measured:
     onnx-fp32 MobileNetV2 at 3.5 ms interleaved without the pause, 1.1 ms alone)."""
-    models = {k: runtime.load(f, num_threads=threads) for k, f in folders.items()}
+    loaded = {k: runtime.load(f, num_threads=threads) for k, f in folders.items()}
+    feed = tuple(x) if isinstance(x, (list, tuple)) else (x,)  # one array per model input
+    models = {k: (lambda m=m: m(*feed)) for k, m in loaded.items()}
     samples: dict[str, list[float]] = {k: [] for k in models}
     calls: dict[str, int] = {}
     for k, m in models.items():  # warm up, and size each block to ~0.25 s so wake-up costs vanish
         for _ in range(5):
-            m(x)
+            m()
         t0 = time.perf_counter()
         for _ in range(5):
-            m(x)
+            m()
         calls[k] = max(per_round, int(0.25 / max((time.perf_counter() - t0) / 5, 1e-6)))
     for _ in range(rounds):
         for k, m in models.items():
             time.sleep(0.02)
             for _ in range(3):  # re-warm after the pause
-                m(x)
+                m()
             t0 = time.perf_counter()
             for _ in range(calls[k]):
-                m(x)
+                m()
             samples[k].append((time.perf_counter() - t0) * 1000 / calls[k])
     return {k: statistics.median(v) for k, v in samples.items()}
 

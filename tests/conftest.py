@@ -13,6 +13,15 @@ sys.path.insert(0, str(HERE / "models"))
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small batches on a shared 2-core machine: one torch thread is several times faster than two (compression tests)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fashion():
     from edgekit.datasets import fashion_mnist

@@ -27,17 +27,11 @@ ONE_EPOCH = TrainConfig(epochs=1, lr=5e-4)
 CLI_ENV = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches on a shared 2-core machine: one thread is several times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def weights(one_thread, request):
+def weights(one_torch_thread, request):
     """conftest's fashion_model weights; trained here, after one_thread, unless another module already did."""
     return request.getfixturevalue("fashion_model")[1]
 
@@ -252,11 +246,22 @@ def test_same_seed_same_model_other_seed_other_model(weights, train_data):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_training_data_needs_labels_that_fit_the_model(tmp_path):
-    np.savez(tmp_path / "x.npz", x=np.random.rand(50, 1, 8, 8).astype(np.float32))
-    with pytest.raises(CalibrationError, match="has no labels"):
-        compress.lowrank("edgekit.examples.digits:build", str(tmp_path / "x.npz"))
-    np.savez(tmp_path / "y.npz", x=np.random.rand(50, 1, 8, 8).astype(np.float32), y=np.full(50, 12))
+def test_unlabelled_data_learns_the_model_itself_and_labels_must_fit(tmp_path):
+    from edgekit.datasets import digits
+
+    x = digits().train.x[:500]  # real digits, their labels left out
+    np.savez(tmp_path / "x.npz", x=x)
+    res = compress.lowrank("edgekit.examples.digits:build", str(tmp_path / "x.npz"), config=compress.LowRankConfig(energy=0.8),
+                           train=TrainConfig(epochs=1))
+    out = res.report["outputs"]["output"]
+    # without labels nothing proves the logits are class scores: a tensor, matched by MSE and scored by SQNR, and a note
+    assert out["learns"] == "reference" and out["figure"] == "sqnr_db" and "val_accuracy_after" not in res.report
+    assert any("--output output=KIND" in n for n in res.report["notes"])
+    assert res.report["reference_calls"] == 500  # the unfactored model's outputs on each sample, once
+    res = compress.lowrank("edgekit.examples.digits:build", str(tmp_path / "x.npz"), config=compress.LowRankConfig(energy=0.8),
+                           train=TrainConfig(epochs=1), outputs=compress.OutputConfig(("output=class",)))
+    assert res.report["outputs"]["output"]["figure"] == "top1_agreement" and res.report["outputs"]["output"]["after"] >= 0.9
+    np.savez(tmp_path / "y.npz", x=x, y=np.full(500, 12))
     with pytest.raises(CalibrationError, match="labels run up to 12"):
         compress.lowrank("edgekit.examples.digits:build", str(tmp_path / "y.npz"))
 

@@ -6,7 +6,13 @@ that registers its commands) does not import torch.
 
     from edgekit import compress
     r = compress.qat("models/net.py:build", "train.npz", weights="net.pt", val="val.npz")
-    r.report["val_accuracy_after"]; r.save("net-qat.pt2")
+    r.report["outputs"]; r.save("net-qat.pt2")     # each output's figure before and after
+
+Any model compresses, not only classifiers: each output learns by its kind (class scores, embedding,
+regression, probability, state; edgekit.compress.objective), toward its labels or target arrays where
+the data has them, else toward the uncompressed model's (or the teacher's) outputs, so unlabelled
+data is enough. Model structure comes from torch.export (edgekit.compress.graph), never torch.fx
+tracing of user code.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ _LAZY = {
     "prune": ("edgekit.compress.pruning", "prune"),
     "distill": ("edgekit.compress.distillation", "distill"),
     "lowrank": ("edgekit.compress.factorization", "lowrank"),
+    "transformer_student": ("edgekit.compress.transformer", "student"),
     "CompressResult": ("edgekit.compress.result", "CompressResult"),
     "TrainConfig": ("edgekit.compress.train", "TrainConfig"),
     "DataConfig": ("edgekit.compress.data", "DataConfig"),
+    "OutputConfig": ("edgekit.compress.result", "OutputConfig"),
+    "Samples": ("edgekit.compress.data", "Samples"),
     "QATConfig": ("edgekit.compress.quantization", "QATConfig"),
     "PruneConfig": ("edgekit.compress.pruning", "PruneConfig"),
     "DistillConfig": ("edgekit.compress.distillation", "DistillConfig"),

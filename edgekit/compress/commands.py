@@ -17,7 +17,8 @@ def _data_options(f):
     """The options every compression command shares: data, training, output."""
     options = [
         click.option("--data", required=True, metavar="SRC",
-                     help="Labelled training data: .npz (inputs + y), class-named image folders, digits, fashion-mnist."),
+                     help="Training data: .npz (inputs; optional y labels and arrays named after outputs), .npy, image folders "
+                          "(class-named: labels), digits, fashion-mnist. Outputs without labels learn the uncompressed model's (or teacher's) outputs."),
         click.option("--val", metavar="SRC", help="Validation data, same forms. [default: 10% held out from --data]"),
         click.option("--data-spec", metavar="NAME", help="Preprocessing spec for image folders (calibration/*.toml name or path)."),
         click.option("--labels-key", metavar="KEY", help="Labels array in the .npz. [default: y, labels, label or targets]"),
@@ -26,6 +27,9 @@ def _data_options(f):
         click.option("--lr", type=click.FloatRange(0, min_open=True), help="Learning rate. [default: the method's]"),
         click.option("--seed", type=int, default=0, show_default=True, help="Seeds initial weights, shuffling and the hold-out."),
         click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE", help="e.g. 1,1,28,28 (if the model does not say)."),
+        click.option("--output", "output_kinds", multiple=True, metavar="NAME=KIND",
+                     help="What an output is (class, class:probs, embedding, regression, probability[:T], state, tensor): picks its loss and figure."),
+        click.option("--output-weight", "output_weights", multiple=True, metavar="NAME=W", help="Weight of an output's loss. [default: 1 each]"),
         click.option("--out", required=True, type=click.Path(), help="The compressed model, a torch.export .pt2 for `edgekit convert`."),
         click.option("--json", "json_path", type=click.Path(), help="Write the report here."),
     ]
@@ -34,13 +38,15 @@ def _data_options(f):
     return f
 
 
-def _common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, epochs, default_train):
+def _common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, output_kinds, output_weights, epochs, default_train):
     from edgekit.compress.data import DataConfig
+    from edgekit.compress.result import OutputConfig
     from edgekit.sources import parse_shape
 
     train = dataclasses.replace(default_train, epochs=epochs, batch_size=batch_size, seed=seed, lr=lr or default_train.lr)
     data_cfg = DataConfig(data_spec=data_spec, labels_key=labels_key, max_samples=samples)
-    return {"train": train, "data_cfg": data_cfg, "input_shapes": [parse_shape(s) for s in input_shapes] or None}
+    return {"train": train, "data_cfg": data_cfg, "input_shapes": [parse_shape(s) for s in input_shapes] or None,
+            "outputs": OutputConfig(tuple(output_kinds), tuple(output_weights))}
 
 
 def _finish(command: str, result, out: str, json_path: str | None, next_step: str) -> None:
@@ -51,17 +57,23 @@ def _finish(command: str, result, out: str, json_path: str | None, next_step: st
     path = result.save(out)
     r = result.report
     # User text (the model's source, layer names, paths) goes through the CLI's plain-text table and line printers.
+    from edgekit.compress.objective import show
+
     t = table(f"edgekit {command}: {r['source']}", ["", ("before", {"justify": "right"}), ("after", {"justify": "right"})])
     row(t, "parameters", f"{r['params_before']:,}", f"{r['params_after']:,} ({r['param_ratio']:.1%})")
-    row(t, f"val accuracy ({r['val']['samples']} samples)", f"{r['val_accuracy_before']:.2%}", f"{r['val_accuracy_after']:.2%}")
+    n = r["val"]["samples"]
+    for name, o in r["outputs"].items():  # each output's figure on the held-out samples: against labels/targets, or the reference
+        against = {"labels": "labels", "targets": "targets", "reference": "reference"}[o["learns"]]
+        before = show(o["figure"], o["before"]) if o["before"] is not None else "(reference)"
+        row(t, f"{name} [{o['kind']}] {o['figure'].replace('_', ' ')} vs {against}, {n} held out", before, show(o["figure"], o["after"]))
     for key, value in r.items():
         if key in ("source", "params_before", "params_after", "param_ratio", "val_accuracy_before", "val_accuracy_after",
-                   "history", "notes", "val") or value is None or value in ({}, []):
+                   "history", "notes", "val", "outputs") or value is None or value in ({}, []):
             continue
         if isinstance(value, dict):
             shown = ", ".join(f"{k}: {v}" for k, v in value.items())
         else:
-            shown = f"{value:.2%}" if key.startswith("val_accuracy") else str(value)
+            shown = str(value)
         row(t, key.replace("_", " "), "", shown)
     OUT.print(t)
     for note in r["notes"]:
@@ -83,12 +95,12 @@ def _err_console():
 @click.option("--target", default="tflite-int8", show_default=True, help="The static int8 TFLite target whose scheme is trained for.")
 @click.option("--epochs", type=click.IntRange(0), default=3, show_default=True, help="Fake-quantized fine-tuning epochs.")
 @_data_options
-def qat_cmd(model, weights, target, epochs, data, val, data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, out, json_path):
+def qat_cmd(model, weights, target, epochs, data, val, data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, output_kinds, output_weights, out, json_path):
     """Quantization-aware training of MODEL (PT2E fake-quant); the .pt2 converts to a real int8 TFLite model."""
     from edgekit.compress.quantization import QAT_TRAIN, QATConfig, qat
 
     res = qat(model, data, val=val, config=QATConfig(target=target), weights=weights, out=out, progress=_err_console(),
-              **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, epochs, QAT_TRAIN))
+              **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, output_kinds, output_weights, epochs, QAT_TRAIN))
     _finish("qat", res, out, json_path, "edgekit convert {out} --target " + target)  # no format(): a target may hold braces
 
 
@@ -104,7 +116,7 @@ def qat_cmd(model, weights, target, epochs, data, val, data_spec, labels_key, sa
 @click.option("--finetune-epochs", type=click.IntRange(0), default=2, show_default=True)
 @_data_options
 def prune_cmd(model, weights, structured, unstructured, semi_structured, per_layer, finetune_epochs, data, val, data_spec, labels_key,
-              samples, batch_size, lr, seed, input_shapes, out, json_path):
+              samples, batch_size, lr, seed, input_shapes, output_kinds, output_weights, out, json_path):
     """Magnitude-prune MODEL (structured channels, unstructured weights or 2:4) and fine-tune it."""
     from edgekit.compress.pruning import PRUNE_TRAIN, PruneConfig, prune
 
@@ -115,7 +127,7 @@ def prune_cmd(model, weights, structured, unstructured, semi_structured, per_lay
     (mode, amount), = chosen
     cfg = PruneConfig(mode=mode, amount=amount, scope="layer" if per_layer else "global")
     res = prune(model, data, val=val, config=cfg, weights=weights, out=out, progress=_err_console(),
-                **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, finetune_epochs, PRUNE_TRAIN))
+                **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, output_kinds, output_weights, finetune_epochs, PRUNE_TRAIN))
     _finish("prune", res, out, json_path, "edgekit convert {out} --target tflite-int8")
 
 
@@ -127,27 +139,35 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 @click.command("distill")
-@click.option("--teacher", required=True, metavar="MODEL", help="The trained teacher (file.py:factory, pkg.module:attr, .pt, .pt2).")
+@click.option("--teacher", required=True, metavar="MODEL",
+              help="The trained teacher: file.py:factory, pkg.module:attr, .pt, .pt2; or a black box only run: an artifact folder, .tflite or .onnx.")
 @click.option("--teacher-weights", type=click.Path(), help="State dict for the teacher's factory.")
 @click.option("--student", metavar="MODEL", help="The student to train (file.py:factory, ...).")
 @click.option("--student-weights", type=click.Path(), help="State dict to start the student from.")
 @click.option("--width", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="No --student: the teacher with this fraction of its channels.")
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True, help="Softens both models' outputs.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.7, show_default=True, help="Weight of the teacher's soft targets (1 - alpha: labels).")
+@click.option("--layers", type=click.IntRange(1), help="No --student: the teacher (a transformer) keeping this many of its blocks.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True, help="Softens both models' class scores.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+              help="Weight of the teacher where there are labels too (1 - alpha: the labels).")
 @click.option("--feature", "features", multiple=True, metavar="S:T", help="Also match student layer S to teacher layer T (repeatable).")
 @click.option("--feature-weight", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--attention-weight", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Also match attention maps block to block (transformers; MiniLM-style KL).")
+@click.option("--augment", metavar="KINDS", default="", help="New inputs each epoch for the teacher to label: noise, mixup, crop (comma-separated).")
 @click.option("--epochs", type=click.IntRange(0), default=3, show_default=True)
 @_data_options
-def distill_cmd(teacher, teacher_weights, student, student_weights, width, temperature, alpha, features, feature_weight, epochs, data, val,
-                data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, out, json_path):
-    """Distil a frozen teacher into a smaller student (given, or the teacher at --width)."""
+def distill_cmd(teacher, teacher_weights, student, student_weights, width, layers, temperature, alpha, features, feature_weight,
+                attention_weight, augment, epochs, data, val, data_spec, labels_key, samples, batch_size, lr, seed, input_shapes,
+                output_kinds, output_weights, out, json_path):
+    """Distil a frozen teacher into a smaller student (given, or the teacher at --width / with --layers), on labelled or unlabelled data."""
     from edgekit.compress.distillation import DISTILL_TRAIN, DistillConfig, distill
 
-    cfg = DistillConfig(temperature=temperature, alpha=alpha, width=width, features=tuple(_pair(f) for f in features),
-                        feature_weight=feature_weight)
+    cfg = DistillConfig(temperature=temperature, alpha=alpha, width=width, layers=layers, features=tuple(_pair(f) for f in features),
+                        feature_weight=feature_weight, attention_weight=attention_weight,
+                        augment=tuple(a.strip() for a in augment.split(",") if a.strip()))
     res = distill(teacher, data, student=student, val=val, config=cfg, teacher_weights=teacher_weights, student_weights=student_weights,
                   out=out, progress=_err_console(),
-                  **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, epochs, DISTILL_TRAIN))
+                  **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, output_kinds, output_weights, epochs, DISTILL_TRAIN))
     _finish("distill", res, out, json_path, "edgekit convert {out} --target tflite-int8")
 
 
@@ -159,7 +179,7 @@ def distill_cmd(teacher, teacher_weights, student, student_weights, width, tempe
 @click.option("--finetune-epochs", type=click.IntRange(0), default=1, show_default=True)
 @_data_options
 def lowrank_cmd(model, weights, energy, target_params, finetune_epochs, data, val, data_spec, labels_key, samples, batch_size, lr, seed,
-                input_shapes, out, json_path):
+                input_shapes, output_kinds, output_weights, out, json_path):
     """Factor MODEL's Linear/Conv2d layers by SVD into thinner pairs, then fine-tune."""
     from edgekit.compress.factorization import LOWRANK_TRAIN, LowRankConfig, lowrank
 
@@ -167,7 +187,7 @@ def lowrank_cmd(model, weights, energy, target_params, finetune_epochs, data, va
         raise UsageError("give --energy or --target-params, not both", "e.g. --energy 0.95")
     cfg = LowRankConfig(energy=None if target_params else (energy or 0.95), target_params=target_params)
     res = lowrank(model, data, val=val, config=cfg, weights=weights, out=out, progress=_err_console(),
-                  **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, finetune_epochs, LOWRANK_TRAIN))
+                  **_common(data_spec, labels_key, samples, batch_size, lr, seed, input_shapes, output_kinds, output_weights, finetune_epochs, LOWRANK_TRAIN))
     _finish("lowrank", res, out, json_path, "edgekit convert {out} --target tflite-int8")
 
 

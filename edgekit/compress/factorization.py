@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from edgekit.compress.data import DEFAULT_DATA, DataConfig
-from edgekit.compress.result import CompressResult, layers_of, param_count, start
-from edgekit.compress.train import TrainConfig, accuracy, fit
+from edgekit.compress.graph import Graph
+from edgekit.compress.result import CompressResult, OutputConfig, layers_of, param_count, start
+from edgekit.compress.train import TrainConfig
 from edgekit.errors import CompressionError, UsageError
 
 LOWRANK_TRAIN = TrainConfig(epochs=1, lr=5e-4)
@@ -49,10 +50,13 @@ class _Layer:
         return rank * (out + k)
 
 
-def _svd_layers(model: nn.Module, source: str) -> list[_Layer]:
+def _svd_layers(model: nn.Module, source: str, example: tuple[torch.Tensor, ...]) -> list[_Layer]:
+    """The Conv2d/Linear layers the exported forward really calls, each once (a shared layer stays whole)."""
+    layers_of(model, source)
+    g = Graph.of(model, example, "low-rank factorization")
     found = []
-    for name, m in layers_of(model, source):
-        if isinstance(m, nn.Conv2d) and m.groups != 1:
+    for name, _node, m in g.layers():
+        if (isinstance(m, nn.Conv2d) and m.groups != 1) or g.calls.get(name, 0) != 1 or any(la.name == name for la in found):
             continue
         u, s, vh = torch.linalg.svd(m.weight.detach().flatten(1), full_matrices=False)
         found.append(_Layer(name, m, s, u, vh))
@@ -96,10 +100,10 @@ def factor(layer: _Layer, rank: int) -> nn.Sequential:
     second_w = layer.u[:, :rank] * root[None, :]  # (out, rank)
     has_bias = module.bias is not None
     if isinstance(module, nn.Conv2d):
-        first = nn.Conv2d(module.in_channels, rank, module.kernel_size, module.stride, module.padding, module.dilation,
-                          bias=False, padding_mode=module.padding_mode)
+        first = copy.deepcopy(module)  # its own class and forward (e.g. TensorFlow-style "SAME" padding), fewer filters
+        first.weight = nn.Parameter(first_w.reshape(rank, *module.weight.shape[1:]).clone())
+        first.bias, first.out_channels = None, rank
         second = nn.Conv2d(rank, module.out_channels, 1, bias=has_bias)
-        first.weight.data.copy_(first_w.reshape(rank, *module.weight.shape[1:]))
         second.weight.data.copy_(second_w[:, :, None, None])
     else:
         first, second = nn.Linear(module.in_features, rank, bias=False), nn.Linear(rank, module.out_features, bias=has_bias)
@@ -111,16 +115,19 @@ def factor(layer: _Layer, rank: int) -> nn.Sequential:
 
 
 def lowrank(model: Any, data: Any, *, val: Any = None, config: LowRankConfig = LowRankConfig(), train: TrainConfig = LOWRANK_TRAIN,
-            data_cfg: DataConfig = DEFAULT_DATA, weights=None, input_shapes=None, out=None, progress=None) -> CompressResult:
-    """Factor `model`'s layers by SVD and fine-tune; the report lists each layer's rank."""
+            data_cfg: DataConfig = DEFAULT_DATA, weights=None, input_shapes=None, out=None, progress=None,
+            outputs: OutputConfig = OutputConfig()) -> CompressResult:
+    """Factor `model`'s layers by SVD and fine-tune (toward labels/targets, else the unfactored model's outputs);
+    the report lists each layer's rank."""
     if (config.energy is None) == (config.target_params is None):
         raise UsageError("give either an energy share or a target parameter count", "e.g. --energy 0.95 or --target-params 50000")
     if config.energy is not None and not 0.0 < config.energy <= 1.0:
         raise UsageError(f"the energy share must be in (0, 1], got {config.energy}", "e.g. --energy 0.95")
-    job = start(model, data, val, weights=weights, input_shapes=input_shapes, data_cfg=data_cfg, seed=train.seed, out=out)
-    before = {"params": param_count(job.model), "accuracy": accuracy(job.model, job.val)}
+    job = start(model, data, val, weights=weights, input_shapes=input_shapes, data_cfg=data_cfg, seed=train.seed, out=out,
+                outputs=outputs)
+    before = job.before()
     small = copy.deepcopy(job.model)
-    layers = _svd_layers(small, job.spec.source)
+    layers = _svd_layers(small, job.spec.source, job.spec.example_inputs)
     energy = config.energy if config.energy is not None else _energy_for(before["params"], layers, config.target_params)
     ranks = _ranks(layers, energy)
     if not any(ranks.values()):
@@ -130,11 +137,11 @@ def lowrank(model: Any, data: Any, *, val: Any = None, config: LowRankConfig = L
             parent, _, child = layer.name.rpartition(".")
             setattr(small.get_submodule(parent) if parent else small, child, factor(layer, ranks[layer.name]))
     small.eval()
-    factored_acc = accuracy(small, job.val)
-    history = fit(small, job.train, job.val, train, progress=progress, label="fine-tune")
+    factored = job.validate(small)
+    history = job.fit(small, train, progress=progress)
     details = {"energy": round(energy, 4), "target_params": config.target_params,
                "ranks": {la.name: (f"{ranks[la.name]} of {len(la.s)}" if ranks[la.name] else "dense") for la in layers},
-               "val_accuracy_factored": round(factored_acc, 4)}
+               "factored_before_finetune": {k: round(v, 4) for k, v in factored.items()}}
     notes = [(f"{param_count(small) / before['params']:.0%} of the parameters remain, as dense layers: file size and multiply-adds "
              "shrink with them on every runtime, at the cost of one more (thin) layer per factored one")]
     return job.result("lowrank", small, before, history, details, notes)

@@ -21,8 +21,8 @@ from torch.nn.utils import prune as tprune
 
 from edgekit.compress import surgery
 from edgekit.compress.data import DEFAULT_DATA, DataConfig
-from edgekit.compress.result import CompressResult, layers_of, param_count, start
-from edgekit.compress.train import TrainConfig, accuracy, fit
+from edgekit.compress.result import CompressResult, OutputConfig, layers_of, param_count, start
+from edgekit.compress.train import TrainConfig
 from edgekit.errors import CompressionError, UsageError
 
 MODES = ("structured", "unstructured", "2:4")
@@ -82,15 +82,18 @@ def _zlib_bytes(model: nn.Module) -> int:
 
 
 def prune(model: Any, data: Any, *, val: Any = None, config: PruneConfig = PruneConfig(), train: TrainConfig = PRUNE_TRAIN,
-          data_cfg: DataConfig = DEFAULT_DATA, weights=None, input_shapes=None, out=None, progress=None) -> CompressResult:
-    """Prune `model` as configured and fine-tune it; the report says what that buys on dense runtimes."""
+          data_cfg: DataConfig = DEFAULT_DATA, weights=None, input_shapes=None, out=None, progress=None,
+          outputs: OutputConfig = OutputConfig()) -> CompressResult:
+    """Prune `model` as configured and fine-tune it (each output toward its labels/targets, else toward the
+    unpruned model's outputs); the report says what that buys on dense runtimes."""
     check(config)
-    job = start(model, data, val, weights=weights, input_shapes=input_shapes, data_cfg=data_cfg, seed=train.seed, out=out)
+    job = start(model, data, val, weights=weights, input_shapes=input_shapes, data_cfg=data_cfg, seed=train.seed, out=out,
+                outputs=outputs)
     layers_of(job.model, job.spec.source)
-    before = {"params": param_count(job.model), "accuracy": accuracy(job.model, job.val)}
+    before = job.before()
     if config.mode == "structured":
         pruned, details = surgery.shrink(job.model, job.spec.example_inputs, config.amount)
-        history = fit(pruned, job.train, job.val, train, progress=progress, label="fine-tune")
+        history = job.fit(pruned, train, progress=progress)
         details = {"mode": "structured", "amount": config.amount, **details}
         notes = [(f"{param_count(pruned) / before['params']:.0%} of the parameters remain, in smaller tensors: the exported file and "
                  "the multiply-adds shrink with them on any runtime (measure with edgekit convert / edgekit bench)")]
@@ -100,7 +103,7 @@ def prune(model: Any, data: Any, *, val: Any = None, config: PruneConfig = Prune
     pruned = copy.deepcopy(job.model)
     zlib_before = _zlib_bytes(pruned)
     layers, skipped = _masked_layers(pruned, config, job.spec.source)
-    history = fit(pruned, job.train, job.val, train, progress=progress, label="fine-tune")
+    history = job.fit(pruned, train, progress=progress)
     for _, m in layers:  # make the zeros permanent: plain weight tensors again
         tprune.remove(m, "weight")
     zeros = sum(int((m.weight == 0).sum()) for _, m in layers)

@@ -12,12 +12,14 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgekit._util import captured_output, first_line
 from edgekit.compress.data import DEFAULT_DATA, DataConfig
-from edgekit.compress.result import CompressResult, batch_dynamic, param_count, start
-from edgekit.compress.train import TrainConfig, accuracy, fit
+from edgekit.compress.graph import export_error
+from edgekit.compress.result import CompressResult, OutputConfig, batch_dynamic, start
+from edgekit.compress.train import TrainConfig, predict
 from edgekit.errors import CompressionError, UsageError
 
 
@@ -70,7 +72,10 @@ def prepare(model: torch.nn.Module, example: tuple[torch.Tensor, ...], per_chann
 
     quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=True))
     # the exported graph shares the module's parameters: train a copy, never the caller's model
-    graph = batch_dynamic(copy.deepcopy(model), example).module()
+    try:
+        graph = batch_dynamic(copy.deepcopy(model), example).module()
+    except Exception as exc:  # noqa: BLE001
+        raise export_error(exc, "QAT") from exc
     with _litert_qat_patterns():
         prepared = prepare_qat_pt2e(graph, quantizer)
     return allow_exported_model_train_eval(prepared)  # .train()/.eval() switch BN and dropout
@@ -84,29 +89,46 @@ def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 def qat(model: Any, data: Any, *, val: Any = None, config: QATConfig = QATConfig(), train: TrainConfig = QAT_TRAIN,
-        data_cfg: DataConfig = DEFAULT_DATA, weights=None, input_shapes=None, out=None, progress=None) -> CompressResult:
-    """Fine-tune `model` with int8 fake-quantization; the result holds quantize/dequantize ops with the
-    learned scales, and its val accuracy is what the int8 artifact should reach."""
+        data_cfg: DataConfig = DEFAULT_DATA, weights=None, input_shapes=None, out=None, progress=None,
+        outputs: OutputConfig = OutputConfig()) -> CompressResult:
+    """Fine-tune `model` with int8 fake-quantization (each output toward its labels/targets, else the float
+    model's outputs); the result holds quantize/dequantize ops with the learned scales, and its validation
+    figures are what the int8 artifact should reach."""
     per_channel = scheme_for(config.target)
-    job = start(model, data, val, weights=weights, input_shapes=input_shapes, data_cfg=data_cfg, seed=train.seed, out=out)
-    before = {"params": param_count(job.model), "accuracy": accuracy(job.model, job.val)}
+    job = start(model, data, val, weights=weights, input_shapes=input_shapes, data_cfg=data_cfg, seed=train.seed, out=out,
+                outputs=outputs)
+    before = job.before()
     log = io.StringIO()
     try:
         with captured_output(log):  # torchao / litert-torch print while importing and tracing
             prepared = prepare(job.model, job.spec.example_inputs, per_channel)
+    except CompressionError:
+        raise
     except Exception as exc:
         first = first_line(exc, 200)
         raise CompressionError(f"preparing {job.spec.source} for QAT failed: {type(exc).__name__}: {first}",
                                "the model must be torch.export-able; run with --debug for the traceback") from exc
-    start_acc = accuracy(prepared, job.val)
-    history = fit(prepared, job.train, job.val, train, progress=progress, label="qat")
+
+    def validate() -> dict[str, float]:
+        """Held-out figures without the observers seeing the held-out data (in eval mode they still update the
+        moving-average ranges, so validating would tune the int8 scales to the validation batches)."""
+        from torchao.quantization.pt2e import disable_observer, enable_observer
+
+        prepared.apply(disable_observer)
+        try:
+            return job.validate(prepared)
+        finally:
+            prepared.apply(enable_observer)
+
+    if train.epochs == 0:  # no training batch will set the observers' ranges: calibrate them on training samples
+        predict(prepared, job.train.take(np.arange(min(len(job.train), 512))))
+    history = job.fit(prepared, train, progress=progress, label="qat", validate=validate)
     with captured_output(log):
         quantized = convert(prepared)
-    acc = accuracy(quantized, job.val)
+    after = job.validate(quantized)
     details = {"target": config.target, "scheme": {"weights": f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}",
-                                                   "activations": "int8 affine per-tensor", "quantizer": "litert-torch PT2EQuantizer (is_qat)"},
-               "val_accuracy_fake_quant_start": round(start_acc, 4)}
-    notes = [(f"val accuracy {acc:.1%} is the fake-quantized model's: `edgekit convert` to {config.target} lowers these "
-             "quantization parameters as they are, so the int8 artifact should match it"),
+                                                   "activations": "int8 affine per-tensor", "quantizer": "litert-torch PT2EQuantizer (is_qat)"}}
+    notes = [(f"the validation figures are the fake-quantized model's: `edgekit convert` to {config.target} lowers these "
+             "quantization parameters as they are, so the int8 artifact should match them"),
              "size and latency are those of an int8 model (about 1/4 of fp32 weights); the .pt2 itself stores fp32 weights"]
-    return job.result("qat", quantized, before, history, details, notes, after_accuracy=acc)
+    return job.result("qat", quantized, before, history, details, notes, after=after)

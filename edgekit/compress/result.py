@@ -3,6 +3,7 @@ short report), and saving it as a torch.export `.pt2` that `edgekit convert` rea
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -12,12 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgekit.compress import data as datalib
-from edgekit.compress.data import DEFAULT_DATA, DataConfig, Labelled
-from edgekit.compress.train import accuracy, seed_everything, set_mode
+from edgekit.compress import objective
+from edgekit.compress.data import DEFAULT_DATA, DataConfig, Samples
+from edgekit.compress.objective import Objective
+from edgekit.compress.train import TrainConfig, fit, outputs_of, predict, seed_everything, set_mode
 from edgekit.errors import ModelLoadError, UsageError
 from edgekit.sources import ModelSpec, load_model
 
@@ -87,52 +91,155 @@ def export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.export.
         return torch.export.export(model, tuple(example))
 
 
+@dataclass(frozen=True)
+class OutputConfig:
+    """What the outputs mean and how much each counts (`--output NAME=KIND`, `--output-weight NAME=W`)."""
+
+    kinds: tuple[str, ...] = ()
+    weights: tuple[str, ...] = ()
+
+
 @dataclass
 class Job:
-    """A model, its data and the bookkeeping of one compression run."""
+    """A model, its data, what each output learns, and the bookkeeping of one compression run."""
 
     spec: ModelSpec
-    train: Labelled
-    val: Labelled
+    train: Samples
+    val: Samples
     data_source: str | None
     seed: int
+    reference: Any  # TorchReference / RuntimeReference: the model before compression, or the teacher
+    objective: Objective
     started: float = field(default_factory=time.perf_counter)
+    _ref_train: list[np.ndarray] | None = None
+    _ref_val: list[np.ndarray] | None = None
 
     @property
     def model(self) -> nn.Module:
         return self.spec.module
 
+    @property
+    def ref_train(self) -> list[np.ndarray]:
+        if self._ref_train is None:
+            self._ref_train = self.reference.run(self.train.arrays)
+        return self._ref_train
+
+    @property
+    def ref_val(self) -> list[np.ndarray]:
+        if self._ref_val is None:
+            self._ref_val = self.reference.run(self.val.arrays)
+        return self._ref_val
+
+    def needs_reference(self) -> bool:
+        return any(h.target == "reference" for h in self.objective.heads) or self.objective.alpha is not None
+
+    def loss_fn(self, student: nn.Module, augment: tuple[str, ...] = (), extra=None, live: bool = False):
+        """The training loss of `student` on a batch: every output toward what it learns, plus `extra()` (feature or
+        attention matching, read after both forward passes). The reference's outputs on the training data are computed
+        once, unless it must run on each batch: on augmented inputs, or (`live`) for its features/attention maps."""
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        labels = None if self.train.labels is None else torch.from_numpy(self.train.labels)
+        targets = {k: torch.from_numpy(v) for k, v in self.train.targets.items()}
+        cached = None if augment or live or not self.needs_reference() else [torch.from_numpy(r) for r in self.ref_train]
+
+        def fn(xb: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+            ref = None
+            if augment:
+                from edgekit.compress.teacher import augment as augmented
+
+                xb = augmented(xb, augment, gen)
+            if augment or live:
+                ref = self.reference.tensors(xb)
+            elif cached is not None:
+                ref = [r[idx] for r in cached]
+            outs = outputs_of(student(*xb))
+            loss = self.objective.loss(outs, ref, None if labels is None else labels[idx], {k: v[idx] for k, v in targets.items()})
+            return loss + extra() if extra is not None else loss
+
+        return fn
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return self.objective.scores(predict(model, self.val), self.ref_val if self.needs_reference() else None, self.val)
+
+    def show(self, val: dict[str, float]) -> str:
+        h = self.objective.heads[0]
+        return f"{h.figure.replace('_', ' ')} {objective.show(h.figure, val.get(h.name))}"
+
+    def before(self, model: nn.Module | None = None) -> dict:
+        """Parameters and figures of the model before compression (the teacher, for distillation): against labels or
+        targets; an output learning the reference is the reference itself there, so it has no before figure."""
+        model = self.model if model is None else model
+        scores = self.validate(model)
+        return {"params": param_count(model),
+                "scores": {h.name: (None if h.target == "reference" else scores[h.name]) for h in self.objective.heads}}
+
+    def fit(self, student: nn.Module, train: TrainConfig, *, params=None, progress=None, label: str = "fine-tune", augment=(), extra=None,
+            live: bool = False, validate=None):
+        validate = validate or (lambda: self.validate(student))
+        return fit(student, self.train, train, self.loss_fn(student, augment, extra, live), validate, params=params,
+                   progress=progress, label=label, show=self.show)
+
     def result(self, method: str, model: nn.Module, before: dict, history: list[dict], details: dict,
-               notes: Sequence[str] = (), after_accuracy: float | None = None) -> CompressResult:
+               notes: Sequence[str] = (), after: dict[str, float] | None = None) -> CompressResult:
         params = param_count(model)
-        acc = accuracy(model, self.val) if after_accuracy is None else after_accuracy
+        after = self.validate(model) if after is None else after
+        outputs = {h.name: {**h.to_json(), "before": _round(before["scores"].get(h.name)), "after": _round(after[h.name])}
+                   for h in self.objective.heads}
         report = {
             "source": self.spec.source, "data": self.train.summary(), "val": self.val.summary(), "seed": self.seed,
             "params_before": before["params"], "params_after": params, "param_ratio": round(params / max(1, before["params"]), 4),
-            "val_accuracy_before": round(before["accuracy"], 4), "val_accuracy_after": round(acc, 4),
-            **details, "history": history, "notes": list(notes), "seconds": round(time.perf_counter() - self.started, 2),
+            "outputs": outputs,
         }
+        labelled = next((h for h in self.objective.heads if h.figure == "accuracy"), None)
+        if labelled is not None:  # the one-classifier figures earlier versions reported, kept under their names
+            report["val_accuracy_before"] = outputs[labelled.name]["before"]
+            report["val_accuracy_after"] = outputs[labelled.name]["after"]
+        if self.needs_reference():
+            report["reference"] = self.reference.source
+            report["reference_calls"] = self.reference.calls
+        notes = list(notes) + [f"{h.name}: its kind is unknown, so it learned by MSE and is scored by SQNR; declare it with "
+                               f"--output {h.name}=KIND (class, embedding, regression, probability, state) for its own loss and figure"
+                               for h in self.objective.heads if h.kind.kind == "tensor"]
+        report.update({**details, "history": history, "notes": notes, "seconds": round(time.perf_counter() - self.started, 2)})
         return CompressResult(method, model, self.spec.example_inputs, report, self.data_source)
 
 
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 4)
+
+
 def start(model: Any, data: Any, val: Any = None, *, weights=None, input_shapes=None, data_cfg: DataConfig = DEFAULT_DATA,
-          seed: int = 0, out: str | Path | None = None, what: str = "model") -> Job:
-    """Seed, load the model (a factory builds its initial weights under the seed) and its data, and check both."""
+          seed: int = 0, out: str | Path | None = None, what: str = "model", outputs: OutputConfig = OutputConfig(),
+          reference=None, alpha: float | None = None, temperature: float = 1.0) -> Job:
+    """Seed, load the model (a factory builds its initial weights under the seed) and its data, decide what each
+    output learns. `reference`: what the outputs without labels learn from (default: the model itself, frozen)."""
+    from edgekit.compress.teacher import TorchReference
+    from edgekit.validate import declared_kinds
+
     if out is not None:
         check_out(out)
     seed_everything(seed)
     spec = model if isinstance(model, ModelSpec) else load_model(model, input_shapes, weights)
-    train, held = datalib.train_val(data, val, spec.input_names, spec.input_shapes, data_cfg, seed)
-    datalib.check_classes(train, held, num_classes(spec, what))
-    return Job(spec, train, held, datalib.describe(data), seed)
-
-
-def num_classes(spec: ModelSpec, what: str = "model") -> int:
-    outs = spec.reference_outputs()
-    if len(outs) != 1 or outs[0].ndim != 2:
-        raise ModelLoadError(f"the {what} {spec.source} does not return one (batch, classes) tensor of logits",
-                             "compression trains classifiers; wrap the model so it returns the logits")
-    return int(outs[0].shape[1])
+    if not isinstance(spec, ModelSpec):
+        raise ModelLoadError(f"the {what} {spec.source} is not a PyTorch model",
+                             "compression trains PyTorch models: give file.py:factory, a .pt2 or a .pt (an ONNX or TFLite file can be a teacher)")
+    train, held = datalib.train_val(data, val, spec, data_cfg, seed)
+    if reference is None:
+        reference = TorchReference(copy.deepcopy(spec.module), spec.source)
+    names = spec.output_names
+    probe = train.take(np.arange(min(len(train), 256)))
+    ref = reference.run(probe.arrays)
+    if len(ref) != len(names):
+        raise ModelLoadError(f"the reference {reference.source} has {len(ref)} outputs, the {what} {len(names)}",
+                             "teacher and student must have the same outputs, in the same order")
+    own = ref if isinstance(reference, TorchReference) and reference.source == spec.source else predict(spec.module, probe)
+    if [o.shape[1:] for o in own] != [r.shape[1:] for r in ref]:
+        raise ModelLoadError(f"the {what}'s outputs {[o.shape[1:] for o in own]} differ from the reference's {[r.shape[1:] for r in ref]} "
+                             f"({reference.source})", "teacher and student must give the same outputs (e.g. the same classes)")
+    declared = declared_kinds(outputs.kinds, spec_attr=spec.output_spec)
+    heads = objective.heads_for(names, ref, probe, declared, objective.parse_weights(outputs.weights, names), own)
+    reference.calls = 0  # the probe is not part of what training costs
+    return Job(spec, train, held, datalib.describe(data), seed, reference, objective.Objective(heads, temperature, alpha))
 
 
 def layers_of(model: nn.Module, source: str, kinds=(nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:

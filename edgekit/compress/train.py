@@ -1,5 +1,5 @@
-"""A small seeded training loop shared by the compression methods: Adam with a cosine schedule,
-one rich progress bar per epoch showing the running loss and the validation accuracy."""
+"""A small seeded training loop shared by the compression methods: Adam with a cosine schedule, one rich
+progress bar per epoch showing the running loss and the first output's validation figure."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from edgekit.compress.data import Labelled
+from edgekit.compress.data import Samples
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input batch, label batch) -> scalar loss
+# (input batch tensors, indices of those samples in the training data) -> scalar loss
+LossFn = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def outputs_of(result) -> list[torch.Tensor]:
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, data: Labelled, batch: int = 500) -> float:
-    """Top-1 accuracy of `model` (in eval mode) on labelled data."""
+def predict(model: nn.Module, data: Samples, batch: int = 256) -> list[np.ndarray]:
+    """Every output of `model` (eval mode) on every sample, concatenated along the sample axis."""
     set_mode(model, training=False)
-    correct = 0
+    chunks = []
     for i in range(0, len(data), batch):
-        out = model(torch.from_numpy(data.x[i:i + batch]))
-        correct += int((out.argmax(1).numpy() == data.y[i:i + batch]).sum())
-    return correct / max(1, len(data))
+        chunks.append([o.numpy() for o in outputs_of(model(*(torch.from_numpy(a[i:i + batch]) for a in data.arrays)))])
+    return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def accuracy(model: nn.Module, data: Samples, batch: int = 500) -> float:
+    """Top-1 accuracy of a one-output classifier (in eval mode) on labelled data."""
+    (logits,) = predict(model, data, batch)[:1]
+    return float(np.mean(logits.argmax(1) == data.labels))
 
 
 def set_mode(model: nn.Module, training: bool) -> None:
@@ -50,20 +61,19 @@ def set_mode(model: nn.Module, training: bool) -> None:
         pass
 
 
-def fit(model: nn.Module, train: Labelled, val: Labelled, cfg: TrainConfig, *, loss_fn: LossFn | None = None,
-        params: Iterable[nn.Parameter] | None = None, progress=None, label: str = "train") -> list[dict]:
-    """Train in place; returns one {"epoch", "loss", "val_accuracy", "seconds"} per epoch.
+def fit(model: nn.Module, train: Samples, cfg: TrainConfig, loss_fn: LossFn, validate: Callable[[], dict[str, float]], *,
+        params: Iterable[nn.Parameter] | None = None, progress=None, label: str = "train", show: Callable[[dict], str] = str) -> list[dict]:
+    """Train in place; returns one {"epoch", "loss", "val", "seconds"} per epoch (`val`: validate()'s figures).
 
-    `loss_fn` defaults to cross-entropy on the model's logits; `params` to the model's trainable
-    parameters. `progress` is a rich Console for the bars (None: no bars)."""
+    `params` defaults to the model's trainable parameters; `progress` is a rich Console for the bars (None: none)."""
     if cfg.epochs <= 0:
         return []
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    loss_fn = loss_fn or (lambda xb, yb: nn.functional.cross_entropy(model(xb), yb))
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    xs = [torch.from_numpy(a) for a in train.arrays]
     gen = torch.Generator().manual_seed(cfg.seed)
-    steps = len(x) // cfg.batch_size + (len(x) % cfg.batch_size > 1)  # a last batch of one sample is skipped
+    n = len(train)
+    steps = n // cfg.batch_size + (n % cfg.batch_size > 1)  # a last batch of one sample is skipped
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps))
     history = []
     bars = _bars(progress)
@@ -73,20 +83,20 @@ def fit(model: nn.Module, train: Labelled, val: Labelled, cfg: TrainConfig, *, l
             task = bars.add_task(f"{label} {epoch}/{cfg.epochs}", total=steps, loss=float("nan"), val="…")
             set_mode(model, training=True)
             total, seen = 0.0, 0
-            for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
+            for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
                 if len(idx) < 2:  # batch norm cannot train on one sample
                     continue
                 opt.zero_grad()
-                loss = loss_fn(x[idx], y[idx])
+                loss = loss_fn([x[idx] for x in xs], idx)
                 loss.backward()
                 opt.step()
                 sched.step()
                 total += loss.item() * len(idx)
                 seen += len(idx)
                 bars.update(task, advance=1, loss=total / seen)
-            acc = accuracy(model, val)
-            bars.update(task, val=f"{acc:.1%}")
-            history.append({"epoch": epoch, "loss": round(total / max(1, seen), 4), "val_accuracy": round(acc, 4),
+            val = validate()
+            bars.update(task, val=show(val))
+            history.append({"epoch": epoch, "loss": round(total / max(1, seen), 4), "val": {k: round(v, 4) for k, v in val.items()},
                             "seconds": round(time.perf_counter() - t0, 2)})
     set_mode(model, training=False)
     return history
@@ -96,5 +106,5 @@ def _bars(console):
     from rich import progress as rp
 
     return rp.Progress(rp.TextColumn("[bold]{task.description}[/]"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                       rp.TextColumn("loss {task.fields[loss]:.4f}"), rp.TextColumn("val acc {task.fields[val]}"),
+                       rp.TextColumn("loss {task.fields[loss]:.4f}"), rp.TextColumn("val {task.fields[val]}"),
                        rp.TimeElapsedColumn(), console=console, disable=console is None)

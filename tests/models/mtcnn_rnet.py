@@ -69,6 +69,27 @@ class RNet(nn.Module):
         return self.dense5_2(x), self.softmax5_1(self.dense5_1(x))
 
 
+class SmallRNet(nn.Module):
+    """An RNet-shaped student with a fifth of RNet's parameters (18 k), random weights: the same two outputs
+    (boxes [N, 4], probs [N, 2]) for distillation tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 12, 3), nn.PReLU(12), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                      nn.Conv2d(12, 24, 3), nn.PReLU(24), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                      nn.Conv2d(24, 32, 2), nn.PReLU(32), nn.Flatten())
+        self.dense = nn.Sequential(nn.Linear(32 * 3 * 3, 48), nn.PReLU(48))
+        self.boxes, self.face = nn.Linear(48, 4), nn.Linear(48, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.dense(self.features(x))
+        return self.boxes(h), torch.softmax(self.face(h), dim=1)
+
+
+def small() -> nn.Module:
+    return SmallRNet()
+
+
 def weights_path() -> Path:
     return _file_in("facenet-pytorch", "facenet_pytorch/data/rnet.pt")
 
@@ -134,3 +155,4 @@ def photo_crops(n: int = 256, size: int = SIZE, seed: int = 0) -> np.ndarray:
 # A real example: the first LFW face.
 build.example_inputs = (torch.from_numpy(lfw_subset()[0][:1].copy()),)
 build.output_names = ("boxes", "probs")
+small.example_inputs = build.example_inputs
