@@ -159,6 +159,10 @@ class _Progress:
         if self.header:  # printed once the checks have passed and work starts
             self.console.print(self.header, soft_wrap=True, highlight=False)
             self.header = ""
+        if event == "note":  # a step with no timing shown (work on a device, which may be emulated)
+            self.stop()
+            say(self.console, "  ", ("·", "dim"), " ", (f"{target:<18}", "bold"), f" {stage}")
+            return
         if event == "start":
             self.status = self.console.status(line((target, "bold"), f"  {stage} …"))
             self.status.start()
@@ -211,13 +215,16 @@ class _Progress:
 @click.option("--preprocess", metavar="SPEC", help="The image preprocessing apps must apply (calibration/*.toml name or path), kept in the manifest "
                    "for runtime Model.preprocess / classify. [default: --calib-spec when calibrating on an image folder]")
 @click.option("--labels", metavar="FILE", help="Class labels, one per line in index order, kept in the manifest. [default: the class folders' names]")
+@click.option("--validate-on", "validate_on", multiple=True, metavar="DEVICE",
+              help="Also run the held-out inputs on DEVICE (a profile, ssh://..., adb://... with the python runner) and record its verdict "
+                   "beside the host's; repeatable.")
 @click.option("--out", "out", type=click.Path(), help="Artifact folder (one target). [default: out/<model>-<target>]")
 @click.option("--out-dir", type=click.Path(), default="out", show_default=True, help="Parent folder for artifacts.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write the machine-readable result here.")
 @click.pass_context
 def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec, val_data, val_samples, input_shapes, input_dtypes,
             input_ranges, state_inputs, binds, output_kinds, states, weights, trust_pickle, channels_last, max_accuracy_drop, budget_data, labels_key, budget_s,
-            preprocess, labels, out, out_dir, json_path):
+            preprocess, labels, validate_on, out, out_dir, json_path):
     """Convert MODEL (file.py:factory, pkg.module:attr, TorchScript .pt/.jit/.ts, .pt2; default: the bundled digits CNN)."""
     from edgekit.options import ConvertOptions
     from edgekit.pipeline import DEFAULT_TARGET, convert_many
@@ -234,7 +241,8 @@ def convert(ctx, model, targets, calib, calib_samples, calib_method, calib_spec,
     spec = opts.load(model)
     progress = _Progress(ERR, header=line((spec.source, "bold"), f" ({spec.num_params:,} parameters, inputs {'; '.join(i.describe() for i in spec.inputs)})"))
     try:
-        results = convert_many(spec, targets, out_dir=out, out_root=out_dir, progress=progress, lint_report=_print_lint, **kwargs)
+        results = convert_many(spec, targets, out_dir=out, out_root=out_dir, progress=progress, lint_report=_print_lint,
+                               validate_on=validate_on, **kwargs)
     finally:
         progress.stop()
     if len(results) == 1 and results[0].error is not None:
@@ -317,7 +325,8 @@ def _convert_table(results, param_bytes: int) -> None:
             if has_acc:
                 cells.append(f"{v['accuracy']:.1%} ({v['reference_accuracy']:.1%})" if "accuracy" in v else "-")
             flags = (m.extra.get("census") or {}).get("flags") or []
-            cells += [f"{m.extra.get('convert_seconds', 0.0):.1f}", text(v["status"], colors.get(v["status"], "")),
+            measured = "+".join(["host", *(e["device"] for e in figures.get("devices") or [] if e["status"] != "error")])
+            cells += [f"{m.extra.get('convert_seconds', 0.0):.1f}", line((v["status"], colors.get(v["status"], "")), f" ({measured})"),
                       text("; ".join(flags), "yellow") if flags else "", str(r.artifact.path)]
         row(t, *cells)
     OUT.print(t)
@@ -327,6 +336,31 @@ def _convert_table(results, param_bytes: int) -> None:
         say(OUT, ("outputs", "bold"), f" {judged}")
     if vdata:
         say(OUT, ("validated on", "bold"), f" {vdata['samples']} samples of {vdata['described']}")
+    for r in results:
+        if r.artifact is not None and r.artifact.manifest.validation:
+            for text_line in _where_lines(r.target, r.artifact.manifest.validation.figures):
+                say(OUT, text_line)
+
+
+def _where_lines(target: str, figures: dict) -> list[str]:
+    """Where each verdict was measured: this host only (and how to measure it on the device), or each device's figures."""
+    host = figures.get("measured_on") or {}
+    where = f"this host ({host.get('arch', '?')}, {host.get('runtime', '?')} {host.get('runtime_version', '')})".replace(" )", ")")
+    devices = figures.get("devices") or []
+    if not devices:
+        return [f"{target}: verdict measured on {where} only; --validate-on DEVICE measures it where the artifact will run"]
+    host_fig = f", top-1 agreement {figures['top1_agreement']:.3f}" if "top1_agreement" in figures else ""
+    out = [f"{target}: {figures.get('host_status', '?')} on {where}{host_fig}"]
+    for e in devices:
+        if e["status"] == "error":
+            out.append(f"{target}: not validated on {e['device']}: {e['error']}")
+            continue
+        f, vs = e["figures"], e["vs_host"]
+        agree = f", top-1 agreement {f['top1_agreement']:.3f}" if "top1_agreement" in f else ""
+        diff = "; outputs identical to this host's" if vs.get("identical") else (
+            f"; top-1 as this host on {vs['top1_agreement']:.3f} of {vs['samples']}" if "top1_agreement" in vs else "; outputs differ from this host's")
+        out.append(f"{target}: {e['status']} on {e['device']} ({e['arch']}, {e['runtime']} {e['runtime_version']}, over {e['transport']}){agree}{diff}")
+    return out
 
 
 @cli.command("targets")
@@ -366,9 +400,13 @@ def _ms(v) -> str:
               help="A bare .onnx/.tflite file's input shape, fixing its dynamic dims, e.g. x=1,3,480,640; repeat per input.")
 @click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LO:HI",
               help="A bare file's integer input takes random values LO..HI-1 (e.g. input_ids=0:30522). [default: zeros; ones for masks]")
+@click.option("--eval-data", metavar="SRC", help="Also measure accuracy on each device on this labelled data (as `edgekit eval --device`), "
+                   "shown next to the latency (python runner).")
+@click.option("--eval-samples", type=click.IntRange(1), help="Use at most this many --eval-data samples.")
+@click.option("--labels-key", metavar="KEY", help="Name of the labels array in the --eval-data .npz.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write every result, raw samples included, here.")
 def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, runner, benchmark_binary, timeout_s,
-          input_shapes, input_ranges, json_path):
+          input_shapes, input_ranges, eval_data, eval_samples, labels_key, json_path):
     """Measure ARTIFACT (folders from `edgekit convert`, or .tflite/.onnx files) on devices."""
     from edgekit.measure import BenchOptions, bench_many
 
@@ -390,17 +428,25 @@ def bench(artifacts, devices, runs, warmup, min_seconds, threads, cooldown_s, ru
     finally:
         if status["s"]:
             status["s"].stop()
+    if eval_data:
+        from edgekit.measure import attach_eval
+
+        with ERR.status(text("measuring accuracy on each device …")):
+            attach_eval(results, list(devices) or ["local"], eval_data, labels_key=labels_key, samples=eval_samples)
+    acc = ("top-1",) if eval_data else ()
     t = table("edgekit bench", [(col, {"justify": "right" if col not in ("artifact", "device", "status") else "left", "overflow": "fold"})
-                                for col in ("artifact", "device", "size", "p50 ms", "p90 ms", "CV", "init ms", "peak MB", "status")])
+                                for col in ("artifact", "device", "size", "p50 ms", "p90 ms", "CV", "init ms", "peak MB", *acc, "status")])
     for r in results:
         st = r.stats
+        top1 = (r.eval.get("metrics", {}).get("top1", r.eval.get("metrics", {}).get("top1_agreement")),) if eval_data else ()
         if r.status == "ok":
             cv = "-" if st.get("cv") is None else f"{st['cv']:.1%}"
             state = text("ok*", "yellow") if r.warnings else text("ok", "green")
             row(t, r.target or r.artifact, r.device, _kib(r.size_bytes), _ms(st.get("p50_ms")), _ms(st.get("p90_ms")), cv,
-                      _ms(r.init_ms), "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}", state)
+                      _ms(r.init_ms), "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}",
+                      *("-" if v is None else f"{v:.1%}" for v in top1), state)
         else:
-            row(t, r.artifact, r.device, "-", "-", "-", "-", "-", "-", text("failed", "red"))
+            row(t, r.artifact, r.device, "-", "-", "-", "-", "-", "-", *("-" for _ in acc), text("failed", "red"))
     OUT.print(t)
     for r in results:
         for n in r.notes:
@@ -476,19 +522,23 @@ def eval_cmd(artifact, data, labels_key, data_spec, device, reference, weights, 
 @cli.command("diagnose")
 @click.argument("artifact")
 @click.option("--data", "--calib", "data", metavar="SRC", help="Inputs to compare on (.npy, .npz, folder, digits, fashion-mnist). [default: the artifact's calibration data]")
-@click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="Samples to run.")
+@click.option("--samples", type=click.IntRange(1), help="Samples to run. [default: 64; 4 with --device]")
+@click.option("--device", metavar="DEVICE", help="Compare float (host), quantized (host) and quantized (DEVICE) layer by layer: the layers "
+                   "where the device departs from the host, and whether to accept it or change the recipe (TFLite, python runner).")
 @click.option("--model", metavar="MODEL", help="The float PyTorch model (required: edgekit never imports the model an artifact's manifest names; "
                    "only edgekit's bundled example needs none).")
 @click.option("--weights", type=click.Path(), help="State dict for the --model factory.")
 @click.option("--data-spec", metavar="NAME", help="Preprocessing spec for image folders.")
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Layers to show.")
 @click.option("--json", "json_path", type=OUTPUT_FILE, help="Write every layer's figures here.")
-def diagnose_cmd(artifact, data, samples, model, weights, data_spec, top, json_path):
+def diagnose_cmd(artifact, data, samples, device, model, weights, data_spec, top, json_path):
     """Rank ARTIFACT's layers by the error they add against the float model, with the likely cause and the fix."""
     from edgekit.diagnose import diagnose
 
+    if device:
+        return _diagnose_device(artifact, device, data, samples or 4, model, weights, data_spec, top, json_path)
     with ERR.status(text("running the float and quantized models with every tensor kept …")):
-        d = diagnose(artifact, model=model, weights=weights, data=data, samples=samples, data_spec=data_spec)
+        d = diagnose(artifact, model=model, weights=weights, data=data, samples=samples or 64, data_spec=data_spec)
     t = table(f"edgekit diagnose: {d.target} on {d.samples} samples (output SQNR {d.output_sqnr_db:.1f} dB, median over channels)",
               [(col, {"overflow": "fold", "justify": "right" if col in ("#", "loss dB", "added noise") else "left"})
                for col in ("#", "layer", "ops", "now", "SQNR in→out dB", "loss dB", "added noise", "likely cause", "fix")])
@@ -506,6 +556,39 @@ def diagnose_cmd(artifact, data, samples, model, weights, data_spec, top, json_p
         say(OUT, "suggested recipe change: set per_channel = true under [quantize] in the target")
     elif d.layers:
         say(OUT, f"no layer stands out: the worst keeps {d.layers[0].sqnr_out_db:.1f} dB with no known cause; nothing to change")
+    _write_json(json_path, {"command": "diagnose", **d.to_json()})
+
+
+def _diagnose_device(artifact, device, data, samples, model, weights, data_spec, top, json_path):
+    from edgekit.diagnose_device import diagnose_on_device
+
+    d = diagnose_on_device(artifact, device, model=model, weights=weights, data=data, samples=samples, data_spec=data_spec,
+                           progress=lambda m: say(ERR, ("·", "dim"), f" {m}"))
+    o = d.output
+    t = table(f"edgekit diagnose: {d.target} on {d.device} ({d.device_info['arch']}, {d.device_info['runtime']} {d.device_info['runtime_version']}) "
+              f"against this host ({d.host_info['arch']}) and the float model, {d.samples} samples",
+              [(col, {"overflow": "fold", "justify": "right" if col in ("#", "max steps", "differ") or "dB" in col else "left"})
+               for col in ("#", "layer", "now", "device vs host dB", "max steps", "differ", "host vs float dB", "device vs float dB", "verdict")])
+    shown = [la for la in d.layers if la.action != "same"][:top]
+    for i, la in enumerate(shown, 1):
+        row(t, str(i), line(la.name, "\n", (la.modules, "dim")) if la.modules else la.name, la.precision, f"{la.device_vs_host_db:.1f}",
+            str(la.max_steps), f"{la.differ:.1%}", f"{la.host_vs_float_db:.1f}", f"{la.device_vs_float_db:.1f}", la.note)
+    if shown:
+        OUT.print(t)
+    steps = f", up to {o['max_steps']} steps apart (median {o['median_steps']:.0f})" if o.get("max_steps") is not None else ""
+    say(OUT, ("output", "bold"), f" top-1 as this host on {o['top1_agreement']:.0%} of {o['samples']} samples{steps}"
+        + ("; identical" if o["identical"] else ""))
+    if d.first_departure:
+        say(OUT, ("first departure", "bold"), f" {d.first_departure}")
+    for n in d.notes:
+        say(OUT, ("note", "dim"), f" {n}")
+    fix = next((la for la in shown if la.action == "recipe" and la.override), None)
+    if fix is not None:
+        OUT.print(text(f"suggested recipe change ({fix.name} -> {fix.override['precision']}): add to the target's .toml\n"
+                       f"  [[quantize.overrides]]\n  layer = '{fix.override['layer']}'\n  precision = \"{fix.override['precision']}\""),
+                  soft_wrap=True, highlight=False)
+    elif shown:
+        say(OUT, "every departure is a kernel difference to accept: the device stays as close to the float model as this host")
     _write_json(json_path, {"command": "diagnose", **d.to_json()})
 
 
@@ -666,6 +749,8 @@ def report(paths, html_path, md_path, json_path):
     for cells in cells_all:
         row(t, *cells)
     OUT.print(t)
+    for x in rep.consistency_lines():  # the same artifact on several devices: where one computes differently
+        say(OUT, ("agreement", "bold"), f" {x}")
     for note in rep.notes:
         say(ERR, ("note", "yellow"), f" {note}")
     for path in rep.write(html=page, markdown=md_path):

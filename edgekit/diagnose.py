@@ -363,9 +363,25 @@ def layer_errors(fmt: str, float_path: Path, quant_path: Path, samples: list[dic
 def diagnose(artifact: str | Path, *, model=None, weights=None, data=None, samples: int = 64, data_spec: str | None = None,
              trust_pickle: bool = False) -> Diagnosis:
     """Rank the artifact's layers by the SQNR they lose against the float model on real inputs."""
+    from edgekit.build import calib_samples
+
+    art, spec, ds, q = prepare(artifact, model, weights, data, samples, data_spec, trust_pickle)
+    work = Path(work_dir("diagnose"))
+    try:
+        fm = _float_twin(art, spec, work, ds)
+        feed = calib_samples(spec, fm, ds)
+        layers = layer_errors(art.manifest.format, fm.path, art.model_path, feed, work, q.get("per_channel", True))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = min((la.sqnr_out_db for la in layers), default=SQNR_CAP_DB)
+    return Diagnosis(str(artifact), art.target, art.manifest.format, len(ds), out, layers)
+
+
+def prepare(artifact, model, weights, data, samples: int, data_spec: str | None, trust_pickle: bool):
+    """(artifact, float model spec, the first `samples` inputs, the target's quant recipe) for a diagnosis;
+    UsageError (one line) for an artifact that is not static int8, a float model not named, no data."""
     from edgekit.artifact import Artifact
     from edgekit.calibration import load_calibration
-    from edgekit.build import calib_samples
     from edgekit.sources import load_model
 
     art = Artifact.load(artifact)
@@ -383,15 +399,7 @@ def diagnose(artifact: str | Path, *, model=None, weights=None, data=None, sampl
     if isinstance(source, str) and source.endswith((":train", ":test")) and not Path(source).exists():
         source, split = source.rsplit(":", 1)  # a named dataset as the manifest records it, e.g. digits:train
     ds = load_calibration(source, spec.input_names, spec.input_shapes, split=split, spec_name=data_spec, inputs=spec.inputs).take(slice(0, samples))
-    work = Path(work_dir("diagnose"))
-    try:
-        fm = _float_twin(art, spec, work, ds)
-        feed = calib_samples(spec, fm, ds)
-        layers = layer_errors(art.manifest.format, fm.path, art.model_path, feed, work, q.get("per_channel", True))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    out = min((la.sqnr_out_db for la in layers), default=SQNR_CAP_DB)
-    return Diagnosis(str(artifact), art.target, art.manifest.format, len(ds), out, layers)
+    return art, spec, ds, q
 
 
 def _recorded_inputs(art, src):

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgekit.calibration import CalibrationData, load_calibration
-from edgekit.errors import DeviceError, UsageError
+from edgekit.errors import UsageError
 from edgekit.validate import LABELS_UNUSED, OutputKind, compare, infer_kinds
 
 ProgressFn = Callable[[int, int], None]  # (samples done, total)
@@ -73,30 +73,25 @@ def _host_outputs(model, data: CalibrationData, names: Sequence[str], batch: int
 
 def _device_outputs(model_path: Path, manifest, data: CalibrationData, names: Sequence[str], device, threads: int | None,
                     progress: ProgressFn | None, bare_args: Sequence[str] = ()) -> tuple[list[np.ndarray], dict]:
-    from edgekit.devices.profiles import open_device, resolve
-    from edgekit.measure import PythonRunner, push_artifact, push_runner, runner_report
+    """The outputs of every sample, made on the device by edgekit's runner and pulled back; with what ran them.
+    No timing: a board may be emulated (qemu), and the eval's seconds are not a latency anyway."""
+    from edgekit.devices.profiles import resolve
+    from edgekit.measure import refuse_tensorless_runner, runner_on_device
 
     profile = resolve(device)
-    with tempfile.TemporaryDirectory() as tmp, open_device(profile) as dev:
+    refuse_tensorless_runner(profile, "accuracy on the device")
+    with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.savez(tmp / "inputs.npz", **{k: data.arrays[k] for k in names})
-        with dev.session() as remote:
-            pyz = push_runner(dev, remote)
-            target = push_artifact(dev, remote, model_path, manifest)
-            dev.push(tmp / "inputs.npz", f"{remote}/inputs.npz")
-            argv = [PythonRunner().python(dev, profile), pyz, "--artifact", target, *bare_args,
-                    "--threads", str(threads or profile.threads or 0), "--eval", f"{remote}/inputs.npz", f"{remote}/outputs.npz"]
-            r = dev.run_in_group(argv, remote, max(profile.timeout_s * 5, 600))  # stopped as a whole on timeout or Ctrl-C
-            report = runner_report(r.stdout) or {"ok": False, "error": (r.stderr or r.stdout)[-300:]}
-            if not report.get("ok"):
-                raise DeviceError(f"eval on {dev.name} failed: {report.get('error')}", f"run `edgekit doctor --device {profile.name}`")
-            dev.pull(f"{remote}/outputs.npz", tmp / "outputs.npz")
+        report = runner_on_device(profile, model_path, manifest, {"inputs.npz": tmp / "inputs.npz"},
+                                  [*bare_args, "--eval", "{run}/inputs.npz", "{run}/outputs.npz"],
+                                  {"outputs.npz": tmp / "outputs.npz"}, threads, "eval")
         with np.load(tmp / "outputs.npz") as z:
             outs = [z[f"output_{k}"] for k in range(len(z.files))]
     if progress:
         progress(len(data), len(data))
     return outs, {"device": profile.name, "machine": report.get("machine"), "runtime": report.get("runtime"),
-                  "device_seconds": report.get("seconds")}
+                  "runtime_version": report.get("runtime_version"), "transport": report.get("transport")}
 
 
 def input_specs(manifest) -> list:

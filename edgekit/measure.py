@@ -82,6 +82,7 @@ class BenchResult:
     warnings: list[str] = field(default_factory=list)
     inputs: list[dict] = field(default_factory=list)  # bare files: each input's declared dims, shape fed and fill
     notes: list[str] = field(default_factory=list)  # bare files: what was assumed (batch 1, zero ids)
+    eval: dict = field(default_factory=dict)  # with eval data: the accuracy measured on this device (edgekit.evaluate)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -168,6 +169,46 @@ def push_artifact(device: Device, remote: str, model: Path, manifest: "Manifest 
     return target
 
 
+def runner_on_device(profile: DeviceProfile, model: Path, manifest: "Manifest | None", uploads: dict[str, Path],
+                     args: Sequence[str], fetch: dict[str, Path], threads: int | None = None, what: str = "the runner",
+                     progress: Callable[[str], None] | None = None) -> dict:
+    """One run of edgekit's python runner on a device: the runner, the artifact and `uploads` (remote file name ->
+    local file) pushed to a fresh run folder, the runner run with `args` (each "{run}" in them becomes the run folder),
+    `fetch` (remote name -> local path) pulled back, the folder removed. Returns the runner's JSON report; raises
+    DeviceError when it fails. Used by `eval --device`, `convert --validate-on` and `diagnose --device`."""
+    with open_device(profile) as dev, dev.session() as remote:
+        if progress:
+            progress(f"pushing the runner, the artifact and {len(uploads)} file(s) to {dev.name}")
+        pyz = push_runner(dev, remote)
+        target = push_artifact(dev, remote, model, manifest)
+        for name, local in uploads.items():
+            dev.push(local, f"{remote}/{name}")
+        argv = [PythonRunner().python(dev, profile), pyz, "--artifact", target,
+                "--threads", str(threads or profile.threads or 0), *(a.replace("{run}", remote) for a in args)]
+        if progress:
+            progress(f"running on {dev.name}")
+        r = dev.run_in_group(argv, remote, max(profile.timeout_s * 5, 600))  # stopped as a whole on timeout or Ctrl-C
+        report = runner_report(r.stdout) or {"ok": False, "error": _tail(r.stderr or r.stdout)}
+        if not report.get("ok"):
+            raise DeviceError(f"{what} on {dev.name} failed: {report.get('error')}", f"run `edgekit doctor --device {profile.name}`")
+        for name, local in fetch.items():
+            dev.pull(f"{remote}/{name}", local)
+        if progress:
+            progress(f"pulled {sum(p.stat().st_size for p in fetch.values()) / 1024:.0f} KiB from {dev.name}")
+        report["transport"] = dev.transport
+    return report
+
+
+def refuse_tensorless_runner(profile: DeviceProfile, what: str) -> None:
+    """benchmark_model (the Android runner) times a model and prints a summary: it cannot take inputs from a file
+    nor return outputs or intermediate tensors, so accuracy cannot be measured through it."""
+    if profile.runner != "python":
+        raise UsageError(f"{what} needs outputs from {profile.name}, and its runner ({profile.runner}) only times the model: "
+                         "benchmark_model takes no input files and returns no outputs or intermediate tensors",
+                         f"use a device profile with runner = \"python\" (python3, numpy and ai-edge-litert on the device) for {what}; "
+                         "`edgekit bench` still measures its latency with benchmark_model")
+
+
 class PythonRunner:
     """edgekit's own minimal runtime, pushed as one zipapp with the artifact."""
 
@@ -202,6 +243,10 @@ class PythonRunner:
             if data.get("kind") == "missing-runtime":
                 raise DeviceError(f"{device.name} lacks a runtime: {data.get('error')}", f"run `edgekit doctor --device {profile.name}` for the pip line that fixes it")
             raise DeviceError(f"the model did not run on {device.name}: {data.get('error')}")
+        if data.get("emulated"):
+            raise DeviceError(f"{device.name} is emulated ({data['emulated']}): its timings would time the emulator, not a board",
+                              "bench on real hardware; an emulated board is for correctness: edgekit eval --device, "
+                              "convert --validate-on, diagnose --device")
         res.samples_ms = data["samples_ms"]
         res.stats = summarize(res.samples_ms)
         res.init_ms, res.first_ms, res.peak_mem_mb = data["init_ms"], data["first_ms"], data["peak_rss_mb"]
@@ -392,6 +437,25 @@ def bench_many(artifacts: Sequence[str | Path], devices: Sequence[str | DevicePr
                         progress(profile.name, str(a), "error")
                 results.append(res)
     return results
+
+
+def attach_eval(results: Sequence[BenchResult], devices: Sequence[str | DeviceProfile], data, *, labels_key: str | None = None,
+                data_spec: str | None = None, samples: int | None = None) -> None:
+    """The accuracy of each benched artifact on the device that benched it (`bench --eval-data`), so the device's
+    accuracy sits next to its latency: outputs made there, scored here (edgekit.evaluate). A device whose runner
+    cannot return outputs (benchmark_model) or an eval that fails gets a warning; the latency stays."""
+    from edgekit.evaluate import evaluate
+
+    profiles = {p.name: p for p in map(resolve, devices)}
+    for r in results:
+        if r.status != "ok" or r.device not in profiles:
+            continue
+        try:
+            ev = evaluate(r.artifact, data, labels_key=labels_key, data_spec=data_spec, device=profiles[r.device], samples=samples)
+        except EdgekitError as exc:
+            r.warnings.append(f"no accuracy on {r.device}: {exc}")
+            continue
+        r.eval = {"data": ev.data, "samples": ev.samples, "metrics": ev.metrics, "device_info": ev.device_info}
 
 
 __all__ = ["bench", "bench_many", "BenchOptions", "BenchResult", "summarize"]

@@ -29,6 +29,7 @@ from edgekit.runtime.manifest import Manifest, Quantization, TensorSpec, Validat
 from edgekit.inputs import InputOptions
 from edgekit.sources import ModelSpec, is_loaded, is_torchscript_module, load_model
 from edgekit.targets import Target, load_target
+from edgekit.ondevice import class_index, combined, host_measurement, top1, validate_on_devices
 from edgekit.validate import LABELS_UNUSED, OutputKind, closed_loop, compare, declared_kinds, infer_kinds, verdict
 
 DEFAULT_TARGET = "tflite-int8"
@@ -190,7 +191,8 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
             validation: str | Path | np.ndarray | CalibrationData | None = None,
             progress: ProgressFn | None = None, warnings: list[str] | None = None,
             max_accuracy_drop: float | None = None, budget_data=None, labels_key: str | None = None,
-            budget_s: float = 600.0, inputs: InputOptions | None = None, outputs: dict | None = None) -> Artifact:
+            budget_s: float = 600.0, inputs: InputOptions | None = None, outputs: dict | None = None,
+            validate_on: Sequence = ()) -> Artifact:
     """Convert a PyTorch model to one target and validate it; returns the written Artifact.
 
     Bad input raises before any conversion starts; a failed conversion raises and leaves nothing behind.
@@ -201,7 +203,7 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
                           calib_spec=calib_spec, channels_last=channels_last, trust_pickle=trust_pickle, validation=validation,
                           progress=(lambda _t, stage, event, sec: progress(stage, event, sec)) if progress else None,
                           max_accuracy_drop=max_accuracy_drop, budget_data=budget_data, labels_key=labels_key, budget_s=budget_s,
-                          inputs=inputs, outputs=outputs)
+                          inputs=inputs, outputs=outputs, validate_on=validate_on)
     if warnings is not None:
         warnings.extend(res.warnings)
     if res.error is not None:
@@ -211,7 +213,7 @@ def convert(model: str | nn.Module | ModelSpec | None = None, target: str | Targ
 
 def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, vset: ValidationSet, kinds: list[OutputKind],
                  dest: Path, channels_last: bool, progress: ProgressFn | None, warnings: list[str], budget=None,
-                 app: dict | None = None) -> Artifact:
+                 app: dict | None = None, validate_on: Sequence = ()) -> Artifact:
     t_start = time.perf_counter()
     if channels_last and tgt.format != "tflite":
         warnings.append("--channels-last applies to TFLite only: this ONNX artifact keeps the PyTorch layout")
@@ -251,7 +253,18 @@ def _convert_one(spec: ModelSpec, tgt: Target, calib: CalibrationData | None, vs
                 figures["closed_loop"] = closed_loop(spec.run_reference, lambda arrays: model(*arrays), vset.data,
                                                      spec.input_names, spec.output_names, kinds)
             figures["validation_data"] = {"origin": vset.origin, "described": vset.describe(), "samples": len(vset.data)}
-            status, reasons = verdict(figures, tgt.validation, held_out=vset.held_out or vset.origin == "random")
+            held_out = vset.held_out or vset.origin == "random"
+            status, reasons = verdict(figures, tgt.validation, held_out=held_out)
+            figures["measured_on"] = host_measurement(model.backend)
+        if validate_on:  # the same held-out inputs on each device, scored here (no timing: a board may be emulated)
+            cls = class_index(kinds)
+            figures["measured_on"]["top1"] = top1(outs, cls)
+            figures["devices"] = validate_on_devices(staging.path, manifest, vset, vset.reference, outs, kinds, spec.input_names,
+                                                     spec.output_names, tgt.validation, held_out, validate_on,
+                                                     (lambda m: progress(m, "note", 0.0)) if progress else None)
+            figures["host_status"] = status
+            status, reasons, found = combined(status, list(reasons), figures["devices"])
+            warnings.extend(found)
         manifest.validation = Validation(status, tuple(reasons), str(vset.data.source), bool(vset.data.synthetic), figures)
         if budget_report is not None:
             manifest.extra["accuracy_budget"] = budget_report.to_json()
@@ -377,6 +390,18 @@ def _build_within(spec: ModelSpec, tgt: Target, calib: CalibrationData, channels
     return ({**fm.recipe, "quantize": infos[report.chosen]}, fm.in_layouts, fm.out_layouts, final, report)
 
 
+def _validation_devices(validate_on: Sequence) -> list:
+    """The devices of --validate-on, resolved before any conversion: a mistyped name or a runner that cannot return
+    outputs (benchmark_model) is one line now, not after the conversions."""
+    from edgekit.devices.profiles import resolve
+    from edgekit.measure import refuse_tensorless_runner
+
+    profiles = [resolve(d) for d in validate_on]
+    for p in profiles:
+        refuse_tensorless_runner(p, "--validate-on")
+    return profiles
+
+
 def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[str | Target], *,
                  calibration=None, out_dir: str | Path | None = None, out_root: str | Path = "out",
                  calib_samples: int = 200, val_samples: int | None = None, calib_method: str | None = None,
@@ -385,7 +410,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
                  progress=None, lint_report=None, max_accuracy_drop: float | None = None, budget_data=None,
                  labels_key: str | None = None, budget_s: float = 600.0, inputs: InputOptions | None = None,
                  outputs: dict[str, OutputKind] | None = None, preprocess: str | None = None,
-                 labels: str | Path | Sequence[str] | None = None) -> list[ConvertResult]:
+                 labels: str | Path | Sequence[str] | None = None, validate_on: Sequence = ()) -> list[ConvertResult]:
     """Several targets over one loaded model and one checked dataset.
 
     Bad input (model, target names, calibration data, output folders) raises before any conversion;
@@ -397,6 +422,8 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     `preprocess` (a calibration spec name or .toml) and `labels` (a file, one label per line, or a list) go into the
     manifest for apps (runtime Model.preprocess / classify); by default an image-folder calibration's spec and class
     folder names are kept.
+    `validate_on` (device profiles, names or ssh:// / adb:// addresses) runs the held-out inputs on each device too
+    (edgekit.ondevice): the manifest records each device's verdict beside the host's, and keeps the worse.
     `progress(target, stage, event, seconds)` is called around every stage; `lint_report({target:
     [finding, ...]})` once, before any conversion, with the pre-conversion lint's findings.
     """
@@ -413,6 +440,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
     dests = [Path(out_dir) if out_dir else default_dest(spec, t, out_root) for t in tgts]
     for d in dests:
         Staging.check(d)
+    devices = _validation_devices(validate_on)
     shared: list[str] = []
     calib_only: list[str] = []
     calib, vset = _resolve_data(spec, tgts, calibration, calib_spec, calib_samples, val_samples, shared, calib_only, validation)
@@ -439,7 +467,7 @@ def convert_many(model: str | nn.Module | ModelSpec | None, targets: Sequence[st
         res = ConvertResult(tgt.name, warnings=shared + (calib_only if tgt.quant.needs_calibration else []) + findings[tgt.name])
         cb = (lambda s, e, sec, _n=tgt.name: progress(_n, s, e, sec)) if progress else None
         try:
-            res.artifact = _convert_one(spec, tgt, calib, vset, kinds, dest, channels_last, cb, res.warnings, budget, app)
+            res.artifact = _convert_one(spec, tgt, calib, vset, kinds, dest, channels_last, cb, res.warnings, budget, app, devices)
         except EdgekitError as exc:
             check_terminated()  # a signal a library turned into an ordinary error still ends the run
             res.error = exc

@@ -129,6 +129,12 @@ def _check_result(data: dict) -> None:
             for key in ("top1", "top1_agreement", "sqnr_db"):
                 _number(metrics.get(key), f"{where}metrics.{key}")
             continue
+        if r.get("eval"):  # bench --eval-data: the accuracy on the device that benched it
+            ev = _object(r, "eval", where)
+            _number(ev.get("samples"), f"{where}eval.samples", integer=True, minimum=0)
+            metrics = _object(ev, "metrics", f"{where}eval.", required=True)
+            for key in ("top1", "top1_agreement", "sqnr_db"):
+                _number(metrics.get(key), f"{where}eval.metrics.{key}")
         if r.get("stats") is not None:
             stats = _object(r, "stats", where)
             for key in ("p50_ms", "p90_ms", "p99_ms"):
@@ -282,11 +288,59 @@ def _base_row(e: _Entry) -> Row:
                sqnr_db=_first(ev.get("sqnr_db"), v.get("sqnr_db")), validation_status=v.get("status", ""))
 
 
+def _consistency(e: _Entry) -> dict | None:
+    """For an artifact validated on devices (`convert --validate-on`): each place's verdict, its top-1 agreement with the
+    float model, and top-1 agreement between every pair of places on the same held-out samples (edgekit.ondevice)."""
+    from edgekit.ondevice import agreement_matrix
+
+    v = e.manifest.validation if e.manifest is not None else None
+    devices = [d for d in ((v.figures.get("devices") or []) if v else []) if d.get("status") != "error"]
+    if not devices:
+        return None
+    host = v.figures.get("measured_on") or {}
+    places = [{"place": f"host ({host.get('arch', '?')})", "status": v.figures.get("host_status", v.status),
+               "runtime": f"{host.get('runtime', '')} {host.get('runtime_version', '')}".strip(),
+               "top1_agreement_fp32": v.figures.get("top1_agreement"), "top1": host.get("top1")}]
+    places += [{"place": f"{d['device']} ({d.get('arch', '?')})", "status": d["status"],
+                "runtime": f"{d.get('runtime', '')} {d.get('runtime_version', '')}".strip(),
+                "top1_agreement_fp32": (d.get("figures") or {}).get("top1_agreement"), "top1": d.get("top1")} for d in devices]
+    matrix = agreement_matrix({p["place"]: p["top1"] for p in places if p["top1"]})
+    return {"model": e.manifest.model_name or "?", "target": e.manifest.target_name, "artifact": e.ref,
+            "samples": len(places[0]["top1"] or []), "places": [{k: x for k, x in p.items() if k != "top1"} for p in places],
+            "agreement": matrix}
+
+
+def consistency_lines(c: dict) -> list[str]:
+    """One line per place: verdict, agreement with the float model, with each other place; loud where places disagree."""
+    out = []
+    for p in c["places"]:
+        others = ", ".join(f"{q} {a:.1%}" for q, a in c["agreement"].get(p["place"], {}).items())
+        fp32 = "-" if p["top1_agreement_fp32"] is None else f"{p['top1_agreement_fp32']:.1%}"
+        out.append(f"{c['model']} {c['target']} on {p['place']}, {p['runtime']}: {_verdict(p['status'])}, top-1 as fp32 {fp32}"
+                   + (f"; as {others}" if others else "") + f" ({c['samples']} samples)")
+    return out
+
+
+def _on_device(base: Row, e: _Entry, device: str) -> Row:
+    """The row's accuracy from an eval measured on `device` itself when there is one (the device's accuracy next to
+    its latency: "eval"); else the artifact's best eval, named by the device it ran on ("eval on host")."""
+    mine = [r for r in e.evals if r.get("device") == device]
+    if not mine:
+        if base.accuracy_source == "eval":
+            other = max(e.evals, key=lambda r: r.get("samples") or 0).get("device") or "?"
+            return replace(base, accuracy_source=f"eval on {other}")
+        return base
+    ev = max(mine, key=lambda r: r.get("samples") or 0)["metrics"]
+    own = ev.get("top1") is not None
+    return replace(base, accuracy=ev["top1"] if own else base.accuracy, accuracy_source="eval" if own else base.accuracy_source,
+                   top1_agreement=_first(ev.get("top1_agreement"), base.top1_agreement), sqnr_db=_first(ev.get("sqnr_db"), base.sqnr_db))
+
+
 def _rows(e: _Entry) -> list[Row]:
     base = _base_row(e)
     if not e.benches:
         return [base]
-    return [replace(base, device=dev, latency_p50_ms=b["stats"].get("p50_ms"), latency_p90_ms=b["stats"].get("p90_ms"),
+    return [replace(_on_device(base, e, dev), device=dev, latency_p50_ms=b["stats"].get("p50_ms"), latency_p90_ms=b["stats"].get("p90_ms"),
                     latency_p99_ms=b["stats"].get("p99_ms"), runs=b["stats"].get("runs"), samples_ms=b.get("samples_ms"))
             for dev, b in e.benches.items()]
 
@@ -299,7 +353,10 @@ def _attach(index: _Index, json_file: Path, result: dict, notes: list[str]) -> N
         if b.get("status", "ok") != "ok" or not isinstance(b.get("stats"), dict):
             notes.append(f"{json_file.name}: bench of {b['artifact']} on {b.get('device', '?')} failed: {b.get('error') or 'no figures'}")
             continue
-        index.entry_for(b["artifact"], json_file).benches[b.get("device", "?")] = b
+        entry = index.entry_for(b["artifact"], json_file)
+        entry.benches[b.get("device", "?")] = b
+        if b.get("eval"):
+            entry.evals.append({"command": "eval", "artifact": b["artifact"], "device": b.get("device", "?"), **b["eval"]})
         if not b.get("samples_ms"):
             notes.append(f"{json_file.name}: {b['artifact']} on {b.get('device', '?')} has no raw samples ({b.get('runner', '')} runner): not in the latency plot")
 
@@ -334,6 +391,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    consistency: list[dict] = field(default_factory=list)  # artifacts validated on several devices: agreement between them
 
     def label(self, r: Row) -> str:
         return r.target if len({x.model for x in self.rows}) == 1 else f"{r.model} {r.target}"
@@ -349,7 +407,11 @@ class Report:
                 "from `edgekit eval` where there is one, else the convert-time validation; latency from `edgekit bench`.")
 
     def to_json(self) -> dict:
-        return {"created": self.created, "sources": self.sources, "rows": [r.to_json() for r in self.rows], "notes": self.notes}
+        return {"created": self.created, "sources": self.sources, "rows": [r.to_json() for r in self.rows], "notes": self.notes,
+                "consistency": self.consistency}
+
+    def consistency_lines(self) -> list[str]:
+        return [x for c in self.consistency for x in consistency_lines(c)]
 
     def to_markdown(self) -> str:
         def line(cells) -> str:
@@ -358,6 +420,8 @@ class Report:
         out = [f"# edgekit report card\n\n{self.summary()} The plots are in the HTML report.\n",
                line(COLUMNS), line(["---"] * len(COLUMNS)), *map(line, self.table())]
         out += ["", *[f"- {md_text(n)}" for n in self.notes]] if self.notes else []
+        if self.consistency:
+            out += ["", "## Agreement between devices", "", *[f"- {md_text(x)}" for x in self.consistency_lines()]]
         return "\n".join(out) + "\n"
 
     def to_html(self) -> str:
@@ -369,11 +433,13 @@ class Report:
                  _figure("plot-latency", "Latency distributions per device", latency_svg(self),
                          "no raw latency samples: run `edgekit bench --json` with the python runner")]
         notes = "".join(f"<li>{e(n)}</li>" for n in self.notes)
+        agree = "".join(f"<li>{e(x)}</li>" for x in self.consistency_lines())
         summary = re.sub(r"`([^`]+)`", r"<code>\1</code>", e(self.summary()))
         return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>edgekit report card</title>"
                 f"<style>{_CSS}</style></head><body>\n<h1>edgekit report card</h1>\n"
                 f"<p class=\"meta\">{summary}</p>\n"
                 f"<table id=\"report-table\"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n{''.join(plots)}"
+                + (f"<h2>Agreement between devices</h2><ul id=\"consistency\">{agree}</ul>\n" if agree else "")
                 + (f"<h2>Notes</h2><ul id=\"notes\">{notes}</ul>\n" if notes else "") + "</body></html>\n")
 
     def write(self, html: str | Path | None = None, markdown: str | Path | None = None) -> list[Path]:
@@ -442,7 +508,8 @@ def collect(paths: Sequence[str | Path]) -> Report:
     notes += [f"{ref}: no artifact folder found for these results; shown from the results alone" for ref in index.orphans]
     rows = [r for e in index.all() for r in _rows(e)]
     rows.sort(key=lambda r: (r.model, r.device or "", -(r.size_bytes or 0), r.target))
-    return Report(rows, notes, [str(f) for f in folders] + [str(f) for f, _ in results])
+    consistency = [c for c in map(_consistency, index.all()) if c is not None]
+    return Report(rows, notes, [str(f) for f in folders] + [str(f) for f, _ in results], consistency=consistency)
 
 
 # ------------------------------------------------------------------ plots (matplotlib, inline SVG)

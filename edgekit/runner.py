@@ -255,6 +255,28 @@ class BareModel:
         return combine_calls([self.run([a[i:i + b] for a in arrays]) for i in range(0, n, b)], b)
 
 
+X86_CPU = ("GenuineIntel", "AuthenticAMD")
+
+
+def emulation(machine: str | None = None, cpuinfo: str | None = None, system: str | None = None) -> str | None:
+    """Why this machine looks emulated, or None. A qemu-user userland (the tests' aarch64 "board") says aarch64
+    but runs on another CPU: its /proc/cpuinfo is the host's x86 one, or (a chroot without /proc) missing, which no
+    booted Linux board lacks. Timings there measure the emulator, so bench refuses them."""
+    machine = machine or platform.machine()
+    system = system or sys.platform
+    if not system.startswith("linux"):
+        return None
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return f"{machine} userland without /proc/cpuinfo (a chroot or emulator, not a booted board)"
+    x86 = machine.lower() in ("x86_64", "amd64", "i386", "i686")
+    if not x86 and any(v in cpuinfo for v in X86_CPU):
+        return f"an x86 CPU runs this {machine} userland (qemu-user)"
+    return None
+
+
 def measure(path: str, warmup: int, runs: int, min_seconds: float, threads: int | None,
             shape_texts=(), range_texts=()) -> dict:
     import numpy  # noqa: F401 - imports are not model load time
@@ -292,7 +314,7 @@ def measure(path: str, warmup: int, runs: int, min_seconds: float, threads: int 
     return {"ok": True, "runtime": getattr(backend, "runtime_name", ""), "init_ms": init_ms, "first_ms": first_ms,
             "warmup_runs": warmup, "samples_ms": samples, "peak_rss_mb": _rss_mb(), "rss_before_load_mb": rss0,
             "thermal_before": before, "thermal_after": thermal_snapshot(),
-            "machine": platform.machine(), "python": platform.python_version(),
+            "machine": platform.machine(), "python": platform.python_version(), "emulated": emulation(),
             "inputs": [t.to_dict() for t in bare.inputs] if bare else [], "notes": bare.notes if bare else []}
 
 
@@ -324,8 +346,58 @@ def run_eval(artifact: str, inputs: str, outputs: str, threads: int | None, shap
     except Exception as exc:  # noqa: BLE001 - reported to the host as data
         print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}", "available": check_runtimes()}))
         return 4
+    name = getattr(model.backend, "runtime_name", "")
     print(json.dumps({"ok": True, "seconds": time.perf_counter() - t0, "machine": platform.machine(),
-                      "runtime": getattr(model.backend, "runtime_name", "")}))
+                      "runtime": name, "runtime_version": runtime_version(name)}))
+    return 0
+
+
+def runtime_version(name: str) -> str:
+    """The installed version of a runtime the runner reports by name (ai-edge-litert, tflite-runtime, onnxruntime)."""
+    try:
+        mod = __import__({"ai-edge-litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}.get(name, name))
+        return str(getattr(mod, "__version__", ""))
+    except Exception:  # noqa: BLE001 - a version is informational
+        return ""
+
+
+def run_tensors(artifact: str, inputs: str, names_file: str, outputs: str, threads: int | None) -> int:
+    """Intermediate tensors of a TFLite artifact on the device, for `edgekit diagnose --device`: every sample of
+    INPUTS run one at a time, and only the tensors named in NAMES_FILE (a JSON list) saved, as the interpreter
+    holds them (int8 stays int8: 4x less to move than floats), compressed. The host sends a probe copy of the
+    artifact whose model lists those tensors as extra subgraph outputs, so every kernel (the XNNPACK delegate's
+    included) writes them as it does in production: the run here is the production run, not a debugging
+    interpreter with other kernels. Output keys: s{sample}_t{k} (k indexes NAMES_FILE) and s{sample}_out{k}
+    (the artifact's own outputs); a name the model lacks is reported, not guessed."""
+    try:
+        import numpy as np
+
+        from edgekit.runtime import Model
+
+        with open(names_file) as f:
+            names = json.load(f)
+        model = Model(artifact, num_threads=threads)
+        backend = model.backend
+        if backend.format != "tflite":
+            raise ValueError("intermediate tensors are returned for TFLite artifacts")
+        with np.load(inputs, allow_pickle=False) as z:
+            arrays = [z[i.name] for i in model.inputs]
+        index = {d["name"]: d["index"] for d in backend._it.get_tensor_details()}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise KeyError(f"{len(missing)} requested tensor(s) are not in the model, e.g. {missing[0]!r}")
+        got = {}
+        for s in range(len(arrays[0])):
+            outs = backend.run(model.encode(*(a[s:s + 1] for a in arrays)))
+            got.update({f"s{s}_t{k}": np.asarray(backend._it.get_tensor(index[n])) for k, n in enumerate(names)})
+            got.update({f"s{s}_out{k}": np.asarray(v) for k, v in enumerate(outs)})
+        np.savez_compressed(outputs, **got)
+    except Exception as exc:  # noqa: BLE001 - reported to the host as data
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}", "available": check_runtimes()}))
+        return 4
+    name = getattr(backend, "runtime_name", "")
+    print(json.dumps({"ok": True, "samples": len(arrays[0]), "tensors": len(names), "machine": platform.machine(),
+                      "runtime": name, "runtime_version": runtime_version(name)}))
     return 0
 
 
@@ -357,10 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="report the interpreters available, then exit")
     ap.add_argument("--eval", nargs=2, metavar=("INPUTS_NPZ", "OUTPUTS_NPZ"),
                     help="run every sample of INPUTS_NPZ (arrays named like the artifact's inputs) and save the outputs")
+    ap.add_argument("--tensors", nargs=3, metavar=("INPUTS_NPZ", "NAMES_JSON", "OUTPUTS_NPZ"),
+                    help="run each sample of INPUTS_NPZ and save the tensors NAMES_JSON lists (compressed)")
     args = ap.parse_args(argv)
     if args.check:
         print(json.dumps(check_runtimes()))
         return 0
+    if args.tensors:
+        return run_tensors(args.artifact, *args.tensors, args.threads or None)
     if args.eval:
         return run_eval(args.artifact, args.eval[0], args.eval[1], args.threads or None, args.input_shape, args.input_range)
     if not args.artifact:

@@ -142,3 +142,25 @@ def test_aarch64_board_runs_the_artifact_correctly(arm64_rootfs, art, tmp_path_f
             assert on_board.device_info["machine"] == "aarch64"
             assert on_board.metrics["top1"] == on_host.metrics["top1"]
             assert on_board.metrics["top1_agreement"] == on_host.metrics["top1_agreement"]
+
+
+def test_the_emulated_board_is_never_timed(arm64_rootfs, art, tmp_path_factory):
+    """qemu-user timings measure the emulator: bench on the aarch64 userland is refused in one line, and leaves nothing
+    on the board."""
+    with SshdDouble(tmp_path_factory.mktemp("arm-bench"), chroot=arm64_rootfs) as b:
+        prof = profile(b, python="python3", workdir="/tmp/edgekit-bench", timeout_s=300)
+        with pytest.raises(DeviceError, match="is emulated .*without /proc/cpuinfo|is emulated .*x86 CPU") as err:
+            bench(art, prof, runs=2, warmup=0)
+        assert "\n" not in str(err.value)
+        assert not (arm64_rootfs / "tmp" / "edgekit-bench").exists() or not any((arm64_rootfs / "tmp" / "edgekit-bench").iterdir())
+
+
+def test_emulation_is_told_from_real_boards():
+    from edgekit.runner import emulation
+
+    arm = "processor\t: 0\nBogoMIPS\t: 48.00\nFeatures\t: fp asimd evtstrm\nCPU implementer\t: 0x41\n"
+    x86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme sse2 avx2\n"
+    assert emulation("aarch64", arm, "linux") is None
+    assert emulation("x86_64", x86, "linux") is None
+    assert "qemu-user" in emulation("aarch64", x86, "linux")
+    assert emulation("arm64", None, "darwin") is None  # no /proc on macOS boards: nothing to tell from

@@ -211,6 +211,39 @@ class TensorSpec:
                    layouts[0], layouts[1], source_shape, quant, batched, value_range, kind)  # type: ignore[arg-type]
 
 
+_WHERE_TEXT = ("device", "arch", "runtime", "runtime_version", "transport", "error")
+_DEVICE_STATUS = ("ok", "warn", "fail", "inconclusive", "error")
+
+
+def _read_where(r: "_Reader", figures: dict) -> None:
+    """Where the verdict was measured (`measured_on`: the host) and the devices it was measured on (`devices`,
+    edgekit.ondevice): checked field by field, since `edgekit report` prints and compares them."""
+    entries = []
+    if figures.get("measured_on") is not None:
+        entries.append(("validation.measured_on", r.obj(figures["measured_on"], "validation.measured_on")))
+    devices = figures.get("devices")
+    if devices is not None:
+        if not isinstance(devices, list) or len(devices) > MAX_TENSORS:
+            raise r.fail("validation.devices", f"must be a list of at most {MAX_TENSORS} entries")
+        for k, e in enumerate(devices):
+            path = f"validation.devices[{k}]"
+            e = r.obj(e, path)
+            if e.get("status") not in _DEVICE_STATUS:
+                raise r.fail(f"{path}.status", f"{e.get('status')!r} is not one of {', '.join(_DEVICE_STATUS)}")
+            if not isinstance(e.get("device"), str):
+                raise r.fail(f"{path}.device", "must be a string")
+            if e["status"] != "error":
+                r.obj(e.get("figures"), f"{path}.figures")
+                r.obj(e.get("vs_host"), f"{path}.vs_host")
+            entries.append((path, e))
+    for path, e in entries:
+        for key in _WHERE_TEXT:
+            r.str_(e.get(key, ""), f"{path}.{key}", max_len=1024)
+        top1 = e.get("top1")
+        if top1 is not None and (not isinstance(top1, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in top1)):
+            raise r.fail(f"{path}.top1", "must be a list of class indices")
+
+
 @dataclass(frozen=True)
 class Validation:
     """The convert's verdict and the figures behind it (figures are kept as measured)."""
@@ -238,6 +271,7 @@ class Validation:
         if not isinstance(reasons, list) or not all(isinstance(x, str) for x in reasons):
             raise r.fail("validation.reasons", "must be a list of strings")
         figures = {k: x for k, x in d.items() if k not in ("status", "reasons", "inputs", "synthetic_inputs")}
+        _read_where(r, figures)
         return cls(status, tuple(reasons), r.str_(d.get("inputs", ""), "validation.inputs") or "",
                    bool(d.get("synthetic_inputs", False)), figures)
 
