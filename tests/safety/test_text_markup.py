@@ -127,6 +127,8 @@ def test_compress_summary_prints_names_as_given(monkeypatch, tmp_path):
     class Result:
         report = {"source": "net[/x].py:build", "params_before": 10, "params_after": 5, "param_ratio": 0.5,
                   "val": {"samples": 3}, "val_accuracy_before": 0.9, "val_accuracy_after": 0.8, "notes": ["layer conv[/b] kept"],
+                  "outputs": {"lo[/i]gits": {"kind": "class", "learns": "labels", "weight": 1.0, "figure": "accuracy", "before": 0.9,
+                                             "after": 0.8}},
                   "history": [], "method": "prune [dim]x[/dim]"}
 
         def save(self, out):
@@ -137,5 +139,6 @@ def test_compress_summary_prints_names_as_given(monkeypatch, tmp_path):
 
     _finish("prune", Result(), str(saved), None, "edgekit convert {out} --target t{x}[/b]")
     assert "net[/x].py:build" in out.getvalue() and "prune [dim]x[/dim]" in out.getvalue()
+    assert "lo[/i]gits [class] accuracy vs labels" in out.getvalue() and "80.00%" in out.getvalue()
     assert "layer conv[/b] kept" in err.getvalue()
     assert f"wrote {saved}" in err.getvalue() and f"edgekit convert {saved} --target t{{x}}[/b]" in err.getvalue()
