@@ -133,8 +133,7 @@ def test_aarch64_board_runs_the_artifact_correctly(arm64_rootfs, art, tmp_path_f
             scale = json.loads((art / "manifest.json").read_text())["outputs"][0]["quantization"]["scale"]
             np.testing.assert_allclose(board_out, host_out, atol=scale * 1.01)  # at most one int8 step apart
             assert (board_out.argmax(1) == host_out.argmax(1)).all()
-            r = bench(art, prof, runs=3, warmup=0)  # the bench protocol end to end on aarch64
-            assert r.status == "ok" and r.device_info["machine"] == "aarch64" and len(r.samples_ms) == 3
+            # no bench here: the board is emulated, and bench refuses to time an emulator (test_the_emulated_board_is_never_timed)
             from edgekit.evaluate import evaluate  # edgekit eval: outputs made on the board, scored here
 
             on_board = evaluate(art, "digits", samples=16, device=prof, reference="edgekit.examples.digits:build")
