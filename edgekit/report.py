@@ -321,10 +321,15 @@ def consistency_lines(c: dict) -> list[str]:
     return out
 
 
+def _place(device: str | None) -> str:
+    """This machine has several names: a bench on the "local" device and an eval run here ("host", or none) are one place."""
+    return "local" if device in (None, "", "host", "local") else device
+
+
 def _on_device(base: Row, e: _Entry, device: str) -> Row:
     """The row's accuracy from an eval measured on `device` itself when there is one (the device's accuracy next to
     its latency: "eval"); else the artifact's best eval, named by the device it ran on ("eval on host")."""
-    mine = [r for r in e.evals if r.get("device") == device]
+    mine = [r for r in e.evals if _place(r.get("device")) == _place(device)]
     if not mine:
         if base.accuracy_source == "eval":
             other = max(e.evals, key=lambda r: r.get("samples") or 0).get("device") or "?"
