@@ -240,13 +240,13 @@ class PythonRunner:
         if not data.get("ok"):
             if data.get("kind") == "usage":
                 raise UsageError(str(data.get("error")))
+            if data.get("kind") == "emulated":
+                raise DeviceError(f"{device.name} is emulated ({data['error']}): its timings would time the emulator, not a board",
+                                  "bench on real hardware; an emulated board is for correctness: edgekit eval --device, "
+                                  "convert --validate-on, diagnose --device")
             if data.get("kind") == "missing-runtime":
                 raise DeviceError(f"{device.name} lacks a runtime: {data.get('error')}", f"run `edgekit doctor --device {profile.name}` for the pip line that fixes it")
             raise DeviceError(f"the model did not run on {device.name}: {data.get('error')}")
-        if data.get("emulated"):
-            raise DeviceError(f"{device.name} is emulated ({data['emulated']}): its timings would time the emulator, not a board",
-                              "bench on real hardware; an emulated board is for correctness: edgekit eval --device, "
-                              "convert --validate-on, diagnose --device")
         res.samples_ms = data["samples_ms"]
         res.stats = summarize(res.samples_ms)
         res.init_ms, res.first_ms, res.peak_mem_mb = data["init_ms"], data["first_ms"], data["peak_rss_mb"]

@@ -6,7 +6,8 @@ holding this module and edgekit.runtime (see `build_zipapp`). Prints one JSON ob
 stdout: init (load) time, first inference, every timed sample, peak RSS, CPU temperature and
 frequency before and after. Timed samples cover the interpreter call only (the inputs are
 prepared once), like TFLite's benchmark_model. Exit codes: 0 ok, 3 a runtime is missing,
-4 the artifact cannot be loaded, 2 bad arguments (or inputs a bare model file leaves open).
+4 the artifact cannot be loaded, 2 bad arguments (or inputs a bare model file leaves open), 5 the
+machine is emulated (`emulation()`: nothing is timed there).
 
 A bare .onnx/.tflite file (no manifest) says only its inputs' names, dtypes and dims, some of them
 dynamic: `--input-shape [NAME=]DIMS` fixes those (a dynamic batch dim alone defaults to 1), and
@@ -261,7 +262,7 @@ X86_CPU = ("GenuineIntel", "AuthenticAMD")
 def emulation(machine: str | None = None, cpuinfo: str | None = None, system: str | None = None) -> str | None:
     """Why this machine looks emulated, or None. A qemu-user userland (the tests' aarch64 "board") says aarch64
     but runs on another CPU: its /proc/cpuinfo is the host's x86 one, or (a chroot without /proc) missing, which no
-    booted Linux board lacks. Timings there measure the emulator, so bench refuses them."""
+    booted Linux board lacks. Timings there measure the emulator, so the runner refuses to time anything."""
     machine = machine or platform.machine()
     system = system or sys.platform
     if not system.startswith("linux"):
@@ -314,7 +315,7 @@ def measure(path: str, warmup: int, runs: int, min_seconds: float, threads: int 
     return {"ok": True, "runtime": getattr(backend, "runtime_name", ""), "init_ms": init_ms, "first_ms": first_ms,
             "warmup_runs": warmup, "samples_ms": samples, "peak_rss_mb": _rss_mb(), "rss_before_load_mb": rss0,
             "thermal_before": before, "thermal_after": thermal_snapshot(),
-            "machine": platform.machine(), "python": platform.python_version(), "emulated": emulation(),
+            "machine": platform.machine(), "python": platform.python_version(),
             "inputs": [t.to_dict() for t in bare.inputs] if bare else [], "notes": bare.notes if bare else []}
 
 
@@ -441,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_eval(args.artifact, args.eval[0], args.eval[1], args.threads or None, args.input_shape, args.input_range)
     if not args.artifact:
         ap.error("--artifact is required")
+    why = emulation()
+    if why:  # refused before anything is timed: an emulator's timings say nothing about a board
+        print(json.dumps({"ok": False, "kind": "emulated", "error": why}))
+        return 5
     try:
         result = measure(args.artifact, args.warmup, args.runs, args.min_seconds, args.threads or None,
                          args.input_shape, args.input_range)

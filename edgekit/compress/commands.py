@@ -53,19 +53,17 @@ def _finish(command: str, result, out: str, json_path: str | None, next_step: st
     """Save, print the report, write the JSON."""
     from edgekit.artifact import write_json_atomic
     from edgekit.cli import ERR, OUT, _kib, row, say, table
+    from edgekit.compress.objective import show
 
     path = result.save(out)
     r = result.report
     # User text (the model's source, layer names, paths) goes through the CLI's plain-text table and line printers.
-    from edgekit.compress.objective import show
-
     t = table(f"edgekit {command}: {r['source']}", ["", ("before", {"justify": "right"}), ("after", {"justify": "right"})])
     row(t, "parameters", f"{r['params_before']:,}", f"{r['params_after']:,} ({r['param_ratio']:.1%})")
     n = r["val"]["samples"]
     for name, o in r["outputs"].items():  # each output's figure on the held-out samples: against labels/targets, or the reference
-        against = {"labels": "labels", "targets": "targets", "reference": "reference"}[o["learns"]]
         before = show(o["figure"], o["before"]) if o["before"] is not None else "(reference)"
-        row(t, f"{name} [{o['kind']}] {o['figure'].replace('_', ' ')} vs {against}, {n} held out", before, show(o["figure"], o["after"]))
+        row(t, f"{name} [{o['kind']}] {o['figure'].replace('_', ' ')} vs {o['learns']}, {n} held out", before, show(o["figure"], o["after"]))
     for key, value in r.items():
         if key in ("source", "params_before", "params_after", "param_ratio", "val_accuracy_before", "val_accuracy_after",
                    "history", "notes", "val", "outputs") or value is None or value in ({}, []):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.calibration import CalibrationData, list_specs, load_calibration, load_spec
+from edgekit.calibration import LABEL_KEYS, CalibrationData, list_specs, load_calibration, load_spec
 from edgekit.errors import CalibrationError
 
 
@@ -106,7 +106,7 @@ def load(source: Any, spec, *, split: str = "train", cfg: DataConfig = DEFAULT_D
         source = CalibrationData("arrays", {names[0]: np.asarray(source[0])}, labels)
     elif isinstance(source, dict):
         arrays = dict(source)
-        labels = next((np.asarray(arrays.pop(k)) for k in ("y", "labels") if k in arrays), None)
+        labels = next((np.asarray(arrays.pop(k)) for k in LABEL_KEYS if k in arrays), None)
         targets = {n: np.asarray(arrays.pop(n)) for n in spec.output_names if n in arrays and n not in names}
         source = CalibrationData("arrays", arrays, labels)
     elif hasattr(source, "x") and hasattr(source, "y"):  # an edgekit.datasets Split

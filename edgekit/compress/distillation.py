@@ -27,7 +27,7 @@ from torch import nn
 
 from edgekit.compress import surgery, transformer
 from edgekit.compress.data import DEFAULT_DATA, DataConfig
-from edgekit.compress.result import CompressResult, OutputConfig, param_count, start
+from edgekit.compress.result import CompressResult, OutputConfig, param_count, same_outputs, start
 from edgekit.compress.teacher import TorchReference, check_augment, is_black_box, load_black_box
 from edgekit.compress.train import TrainConfig, outputs_of, seed_everything
 from edgekit.errors import ModelLoadError, UsageError
@@ -58,14 +58,6 @@ def check(cfg: DistillConfig) -> None:
         raise UsageError(f"a student keeps at least one block, got --layers {cfg.layers}", "e.g. --layers 3")
     if cfg.attention_weight < 0 or cfg.feature_weight < 0:
         raise UsageError("matching weights must be >= 0", "e.g. --attention-weight 1")
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
-            alpha: float) -> torch.Tensor:
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1), reduction="batchmean",
-                    log_target=True) * (t * t)
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
 class FeatureMatch(nn.Module):
@@ -185,10 +177,8 @@ def distill(teacher: Any, data: Any, *, student: Any = None, val: Any = None, co
         else:
             shapes = [job.spec.input_shapes[0]] if len(job.spec.inputs) == 1 else input_shapes
             sspec = load_model(student, shapes, student_weights)
-            s_outs, t_outs = sspec.reference_outputs(), outputs_of(teacher_model(*job.spec.example_inputs))
-            if [tuple(o.shape[1:]) for o in s_outs] != [tuple(o.shape[1:]) for o in t_outs]:
-                raise ModelLoadError(f"the student's outputs {[tuple(o.shape) for o in s_outs]} differ from the teacher's "
-                                     f"{[tuple(o.shape) for o in t_outs]}", "both must give the same outputs (e.g. the same classes)")
+            with torch.no_grad():
+                same_outputs(sspec.reference_outputs(), outputs_of(teacher_model(*job.spec.example_inputs)), "student", job.spec.source)
             student_model, student_desc, kept = sspec.module, {"student": sspec.source}, None
         student_model.requires_grad_(True)
         teacher_desc = {"teacher": job.spec.source}

@@ -31,9 +31,6 @@ from edgekit.compress.data import Samples
 from edgekit.errors import CalibrationError, UsageError
 from edgekit.validate import OutputKind, cosines, infer_kinds, sqnr_db
 
-LOWER_IS_BETTER = {"mae"}
-
-
 @dataclass(frozen=True)
 class Head:
     """One output: what it means, what it learns from, and how much it counts."""

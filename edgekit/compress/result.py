@@ -165,12 +165,11 @@ class Job:
         h = self.objective.heads[0]
         return f"{h.figure.replace('_', ' ')} {objective.show(h.figure, val.get(h.name))}"
 
-    def before(self, model: nn.Module | None = None) -> dict:
+    def before(self) -> dict:
         """Parameters and figures of the model before compression (the teacher, for distillation): against labels or
         targets; an output learning the reference is the reference itself there, so it has no before figure."""
-        model = self.model if model is None else model
-        scores = self.validate(model)
-        return {"params": param_count(model),
+        scores = self.validate(self.model)
+        return {"params": param_count(self.model),
                 "scores": {h.name: (None if h.target == "reference" else scores[h.name]) for h in self.objective.heads}}
 
     def fit(self, student: nn.Module, train: TrainConfig, *, params=None, progress=None, label: str = "fine-tune", augment=(), extra=None,
@@ -224,22 +223,26 @@ def start(model: Any, data: Any, val: Any = None, *, weights=None, input_shapes=
         raise ModelLoadError(f"the {what} {spec.source} is not a PyTorch model",
                              "compression trains PyTorch models: give file.py:factory, a .pt2 or a .pt (an ONNX or TFLite file can be a teacher)")
     train, held = datalib.train_val(data, val, spec, data_cfg, seed)
-    if reference is None:
+    self_reference = reference is None
+    if self_reference:
         reference = TorchReference(copy.deepcopy(spec.module), spec.source)
     names = spec.output_names
     probe = train.take(np.arange(min(len(train), 256)))
     ref = reference.run(probe.arrays)
-    if len(ref) != len(names):
-        raise ModelLoadError(f"the reference {reference.source} has {len(ref)} outputs, the {what} {len(names)}",
-                             "teacher and student must have the same outputs, in the same order")
-    own = ref if isinstance(reference, TorchReference) and reference.source == spec.source else predict(spec.module, probe)
-    if [o.shape[1:] for o in own] != [r.shape[1:] for r in ref]:
-        raise ModelLoadError(f"the {what}'s outputs {[o.shape[1:] for o in own]} differ from the reference's {[r.shape[1:] for r in ref]} "
-                             f"({reference.source})", "teacher and student must give the same outputs (e.g. the same classes)")
+    own = ref if self_reference else predict(spec.module, probe)
+    same_outputs(own, ref, what, reference.source)
     declared = declared_kinds(outputs.kinds, spec_attr=spec.output_spec)
     heads = objective.heads_for(names, ref, probe, declared, objective.parse_weights(outputs.weights, names), own)
     reference.calls = 0  # the probe is not part of what training costs
     return Job(spec, train, held, datalib.describe(data), seed, reference, objective.Objective(heads, temperature, alpha))
+
+
+def same_outputs(mine, theirs, what: str, source: str) -> None:
+    """The model learning and the reference it learns from give the same outputs (count, and shapes past the batch)."""
+    a, b = [tuple(o.shape[1:]) for o in mine], [tuple(o.shape[1:]) for o in theirs]
+    if a != b:
+        raise ModelLoadError(f"the {what}'s outputs {a} differ from those of {source} {b}",
+                             "teacher and student must give the same outputs, in the same order (e.g. the same classes)")
 
 
 def layers_of(model: nn.Module, source: str, kinds=(nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:

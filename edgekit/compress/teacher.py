@@ -28,8 +28,6 @@ AUGMENTS = ("noise", "mixup", "crop")
 class TorchReference:
     """A frozen PyTorch model (eval mode): the model before compression, or a teacher you have the weights of."""
 
-    black_box = False
-
     def __init__(self, module: nn.Module, source: str):
         self.module, self.source, self.calls = module, source, 0
         module.requires_grad_(False)
@@ -49,7 +47,6 @@ class TorchReference:
 class RuntimeReference:
     """An artifact folder or a bare .tflite/.onnx file, run through edgekit's runtime on float (or integer) inputs."""
 
-    black_box = True
     module = None
     num_params = None  # known when an artifact's manifest records it
 
@@ -72,13 +69,11 @@ class RuntimeReference:
     def _open(self, path: Path, runtime) -> None:
         if path.is_dir():
             self.model, self.bare = runtime.load(path), False
-            self.output_names = [o.name for o in self.model.outputs]
             self.num_params = self.model.manifest.model.get("num_params")
         else:
             from edgekit.runner import BareModel
 
             self.model, self.bare = BareModel(path), True
-            self.output_names = [o.name for o in self.model.backend.outputs]
 
     def _bare_feed(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         feed = []
@@ -97,10 +92,7 @@ class RuntimeReference:
         self.calls += len(arrays[0])
         if not self.bare:
             return self.model.run_batch(*arrays)
-        feed = self._bare_feed(arrays)
-        b = self.model.batch
-        chunks = [self.model.run([a[i:i + b] for a in feed]) for i in range(0, len(feed[0]), b)]
-        return [np.concatenate(c).astype(np.float32) for c in zip(*chunks)]
+        return [o.astype(np.float32) for o in self.model.run_batch(*self._bare_feed(arrays))]
 
     def tensors(self, xb: list[torch.Tensor]) -> list[torch.Tensor]:
         return [torch.from_numpy(np.ascontiguousarray(o, dtype=np.float32)) for o in self.run([x.numpy() for x in xb])]

@@ -51,15 +51,14 @@ def fewer_layers(model: nn.Module, keep: int) -> tuple[nn.Module, dict]:
     """A copy of `model` keeping `keep` of its blocks; returns it and what was kept."""
     name, stack = layer_stack(model)
     idx = kept_layers(len(stack), keep)
-    student = copy.deepcopy(model)
+    student = copy.deepcopy(model)  # its config objects are the copy's own, so they are edited in place
+    own = student.get_submodule(name)
     parent, _, child = name.rpartition(".")
-    setattr(student.get_submodule(parent) if parent else student, child, nn.ModuleList([copy.deepcopy(stack[i]) for i in idx]))
+    setattr(student.get_submodule(parent) if parent else student, child, nn.ModuleList([own[i] for i in idx]))
     for m in student.modules():  # transformers keeps the depth in its config too
         cfg = getattr(m, "config", None)
         if cfg is not None and getattr(cfg, "num_hidden_layers", None) == len(stack):
-            cfg = copy.deepcopy(cfg)
             cfg.num_hidden_layers = len(idx)
-            m.config = cfg
     return student, {"stack": name, "teacher_layers": len(stack), "kept_layers": idx}
 
 
